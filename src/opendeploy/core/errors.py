@@ -6,6 +6,7 @@
     │   │                               ``ApplicationDoesNotExistException``
     │   ├── AuthError                   signature, key or permission problems (HTTP 400/403)
     │   └── NotImplementedOperation     a modelled operation this server does not offer yet
+    ├── Conflict                        the store refused a write that breaks a uniqueness rule
     ├── IllegalTransition               the engine asked for a status change the tables forbid
     └── AppSpecError                    an appspec that cannot be used; carries file, line, field
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "AppSpecError",
     "AuthError",
+    "Conflict",
     "IllegalTransition",
     "NotImplementedOperation",
     "OpenDeployError",
@@ -60,6 +62,10 @@ class NotImplementedOperation(ServiceError):
             f"The operation {operation} is not available in this OpenDeploy server yet.",
         )
         self.operation = operation
+
+
+class Conflict(OpenDeployError):
+    """A write that would break a uniqueness rule (two servers racing on one name)."""
 
 
 class IllegalTransition(OpenDeployError):

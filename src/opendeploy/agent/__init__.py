@@ -1,0 +1,1 @@
+"""The deployment agent: polls the server, installs bundles and runs lifecycle hooks."""

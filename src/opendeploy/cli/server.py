@@ -1,0 +1,100 @@
+"""``opendeploy server`` and ``opendeploy db upgrade``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from opendeploy.core.errors import OpenDeployError
+from opendeploy.settings import ServerSettings
+
+__all__ = ["db", "server"]
+
+_DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the SQLite database, bundles, secret key and admin credentials live "
+    "[env OPENDEPLOY_DATA_DIR; default ./od-data].",
+)
+_DATABASE_URL = click.option(
+    "--database-url",
+    default=None,
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db "
+    "[env OPENDEPLOY_DATABASE_URL; default SQLite in the data dir].",
+)
+
+
+@click.command()
+@_DATA_DIR
+@_DATABASE_URL
+@click.option("--host", default=None, help="Address to listen on [default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [default 8080].")
+@click.option("--region", default=None, help="Region used in ARNs [default us-east-1].")
+@click.option("--log-level", default="info", show_default=True)
+def server(
+    data_dir: Path | None,
+    database_url: str | None,
+    host: str | None,
+    port: int | None,
+    region: str | None,
+    log_level: str,
+) -> None:
+    """Run the OpenDeploy server (API, agent endpoint and dashboard on one port)."""
+    import uvicorn
+
+    from opendeploy.server.app import create_app
+    from opendeploy.server.bootstrap import bootstrap
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = ServerSettings.from_env(
+        data_dir=data_dir, database_url=database_url, host=host, port=port, region=region
+    )
+    try:
+        started = bootstrap(settings)
+    except OpenDeployError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"OpenDeploy server on {settings.endpoint}")
+    click.echo(f"  database: {_describe_url(settings.resolved_database_url)}")
+    if started.credentials_file is not None:
+        click.echo(f"  admin credentials written to {started.credentials_file} (mode 0600)")
+        click.echo(
+            f"  try: AWS_SHARED_CREDENTIALS_FILE={started.credentials_file} "
+            f"aws deploy list-applications --endpoint-url {settings.endpoint} --region {settings.region}"
+        )
+    app = create_app(started.context, max_request_bytes=settings.max_request_bytes)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+def _describe_url(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@_DATA_DIR
+@_DATABASE_URL
+def upgrade(data_dir: Path | None, database_url: str | None) -> None:
+    """Run the database migrations up to the newest schema, then exit."""
+    from opendeploy.store.database import Database
+
+    settings = ServerSettings.from_env(data_dir=data_dir, database_url=database_url)
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = Database(settings.resolved_database_url)
+    try:
+        database.upgrade()
+    finally:
+        database.dispose()
+    click.echo(f"database {_describe_url(settings.resolved_database_url)} is up to date")

@@ -1,0 +1,1 @@
+"""The OpenDeploy server: HTTP adapters, services and wire codecs."""

@@ -1,0 +1,215 @@
+"""The public endpoint: ``POST /`` for CodeDeploy (JSON 1.1) and IAM (Query), SigV4-signed.
+
+Parsing, authentication and rendering live here; the use cases are in ``service``. Every
+answer carries ``x-amzn-RequestId``; errors carry ``x-amzn-ErrorType`` as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from opendeploy.core.errors import NotImplementedOperation, ServiceError
+from opendeploy.core.policies import IAM, PUBLIC
+from opendeploy.server.auth import Authenticator
+from opendeploy.server.protocol import JsonProtocol, load_service_model
+from opendeploy.server.query_protocol import (
+    iam_service_model,
+    parse_query_request,
+    serialize_query_error,
+    serialize_query_response,
+)
+from opendeploy.server.service.context import Caller, ServiceContext
+from opendeploy.server.service.registry import CODEDEPLOY_OPERATIONS, IAM_OPERATIONS, Handler
+from opendeploy.store import identities
+
+__all__ = ["PublicApi"]
+
+log = logging.getLogger(__name__)
+
+JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
+_READ_PREFIXES = ("Get", "BatchGet", "List")
+
+
+class PublicApi:
+    """Handles one request end to end; one instance per application."""
+
+    def __init__(
+        self, context: ServiceContext, *, max_request_bytes: int, strict_shapes: bool = False
+    ) -> None:
+        self.context = context
+        self.max_request_bytes = max_request_bytes
+        self.codedeploy = JsonProtocol(load_service_model("codedeploy"), strict=strict_shapes)
+        self.iam_model = iam_service_model()
+        self.authenticator = Authenticator(context.db, context.secrets)
+
+    async def handle(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        target = request.headers.get("x-amz-target")
+        is_query = target is None and request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        )
+        try:
+            body = await self._read_body(request)
+            if is_query:
+                return await self._query(request, body, request_id)
+            return await self._json(request, body, target, request_id)
+        except ServiceError as error:
+            return self._error(error.code, error.message, error.status, request_id, is_query)
+        except Exception:
+            log.exception("internal error handling request %s", request_id)
+            return self._error(
+                "InternalFailure",
+                f"The server failed to handle the request; request id {request_id}.",
+                500,
+                request_id,
+                is_query,
+            )
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> ServiceError:
+        return ServiceError(
+            "RequestEntityTooLargeException",
+            f"The request body is larger than {self.max_request_bytes} bytes.",
+            status=413,
+        )
+
+    async def _authenticate(self, request: Request, body: bytes, service: str) -> Caller:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        caller, _ = await run_in_threadpool(
+            self.authenticator.authenticate,
+            method=request.method,
+            path=raw_path.decode("latin-1"),
+            query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=request.headers,
+            body=body,
+            services=(service,),
+            now=dt.datetime.now(dt.UTC),
+        )
+        return caller
+
+    async def _json(
+        self, request: Request, body: bytes, target: str | None, request_id: str
+    ) -> Response:
+        prefix = self.codedeploy.target_prefix + "."
+        if not target or not target.startswith(prefix):
+            raise ServiceError(
+                "UnknownOperationException",
+                f"X-Amz-Target {target!r} is not an operation of this server; "
+                f"expected {prefix}<Operation>.",
+            )
+        operation = self.codedeploy.operation(target[len(prefix) :])
+        caller = await self._authenticate(request, body, PUBLIC)
+        Authenticator.authorize(caller, PUBLIC, operation.name)
+        params = _json_body(body)
+        handler = CODEDEPLOY_OPERATIONS.get(operation.name)
+        if handler is None:
+            raise NotImplementedOperation(operation.name)
+        self.codedeploy.validate_input(operation, params)
+        result = await self._run(handler, caller, operation.name, params, request_id)
+        payload = self.codedeploy.serialize_output(operation, result)
+        return Response(
+            json.dumps(payload, separators=(",", ":")),
+            media_type=JSON_CONTENT_TYPE,
+            headers={"x-amzn-RequestId": request_id},
+        )
+
+    async def _query(self, request: Request, body: bytes, request_id: str) -> Response:
+        operation, params = parse_query_request(body, self.iam_model)
+        caller = await self._authenticate(request, body, IAM)
+        Authenticator.authorize(caller, IAM, operation)
+        handler = IAM_OPERATIONS.get(operation)
+        if handler is None:
+            raise ServiceError(
+                "InvalidAction",
+                f"The IAM action {operation} is not available in OpenDeploy.",
+            )
+        result = await self._run(handler, caller, operation, params, request_id)
+        return Response(
+            serialize_query_response(operation, result, self.iam_model, request_id),
+            media_type="text/xml",
+            headers={"x-amzn-RequestId": request_id},
+        )
+
+    async def _run(
+        self,
+        handler: Handler,
+        caller: Caller,
+        operation: str,
+        params: dict[str, Any],
+        request_id: str,
+    ) -> Mapping[str, Any]:
+        context = dataclasses.replace(self.context, caller=caller)
+        audited = not operation.startswith(_READ_PREFIXES)
+        try:
+            result = await run_in_threadpool(handler, context, params)
+        except ServiceError as error:
+            if audited:
+                await run_in_threadpool(self._audit, caller, operation, request_id, error.code)
+            raise
+        if audited:
+            await run_in_threadpool(self._audit, caller, operation, request_id, "Success")
+        return result
+
+    def _audit(self, caller: Caller, operation: str, request_id: str, outcome: str) -> None:
+        with self.context.db.write() as connection:
+            identities.record_audit(
+                connection,
+                time=self.context.clock(),
+                principal=caller.arn,
+                operation=operation,
+                request_id=request_id,
+                outcome=outcome,
+            )
+
+    @staticmethod
+    def _error(code: str, message: str, status: int, request_id: str, is_query: bool) -> Response:
+        headers = {"x-amzn-RequestId": request_id, "x-amzn-ErrorType": code}
+        if is_query:
+            return Response(
+                serialize_query_error(code, message, request_id, sender=status < 500),
+                status_code=status,
+                media_type="text/xml",
+                headers=headers,
+            )
+        return Response(
+            json.dumps({"__type": code, "message": message}),
+            status_code=status,
+            media_type=JSON_CONTENT_TYPE,
+            headers=headers,
+        )
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        params = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ServiceError(
+            "SerializationException", f"The request body is not valid JSON: {error}"
+        ) from error
+    if not isinstance(params, dict):
+        raise ServiceError("SerializationException", "The request body must be a JSON object.")
+    return params

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core tables, one Alembic tree for SQLite and PostgreSQL."""

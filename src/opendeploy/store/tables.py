@@ -1,0 +1,183 @@
+"""The schema, one MetaData for both dialects. Times are epoch seconds (float)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+applications = Table(
+    "applications",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("compute_platform", String(16), nullable=False),
+    Column("create_time", Float, nullable=False),
+    Column("github_account_name", String(100)),
+)
+
+deployment_configs = Table(
+    "deployment_configs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("compute_platform", String(16), nullable=False),
+    Column("minimum_healthy_hosts", Json),
+    Column("traffic_routing", Json),
+    Column("zonal", Json),
+    Column("create_time", Float, nullable=False),
+)
+
+deployment_groups = Table(
+    "deployment_groups",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "application_id",
+        String(36),
+        ForeignKey("applications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(100), nullable=False),
+    Column("deployment_config_name", String(100), nullable=False, index=True),
+    Column("service_role_arn", String(2048), nullable=False),
+    # Every other member of the CreateDeploymentGroup model, exactly as the user gave it.
+    Column("spec", Json, nullable=False),
+    Column("target_revision", Json),
+    Column("create_time", Float, nullable=False),
+    UniqueConstraint("application_id", "name", name="uq_deployment_groups_app_name"),
+)
+
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "application_id",
+        String(36),
+        ForeignKey("applications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # A canonical string of the revision's identity (codedeploy-spec §3.2).
+    Column("identity", String(2048), nullable=False),
+    Column("location", Json, nullable=False),
+    Column("description", Text),
+    Column("register_time", Float, nullable=False),
+    Column("first_used_time", Float),
+    Column("last_used_time", Float),
+    Column("s3_bucket", String(255)),
+    Column("s3_key", String(1024)),
+    UniqueConstraint("application_id", "identity", name="uq_revisions_app_identity"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("instance_arn", String(2048), nullable=False),
+    Column("iam_user_arn", String(2048)),
+    Column("iam_session_arn", String(2048)),
+    Column("register_time", Float, nullable=False),
+    Column("deregister_time", Float),
+)
+Index("ix_instances_iam_user_arn", instances.c.iam_user_arn)
+
+instance_tags = Table(
+    "instance_tags",
+    metadata,
+    Column(
+        "instance_name",
+        String(100),
+        ForeignKey("instances.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+resource_tags = Table(
+    "resource_tags",
+    metadata,
+    Column("resource_arn", String(2048), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("user_id", String(32), nullable=False, unique=True),
+    Column("arn", String(2048), nullable=False, unique=True),
+    Column("path", String(512), nullable=False),
+    Column("create_time", Float, nullable=False),
+)
+
+access_keys = Table(
+    "access_keys",
+    metadata,
+    Column("access_key_id", String(32), primary_key=True),
+    Column(
+        "user_name",
+        String(64),
+        ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # The secret sealed with the server's key (server.secrets.SecretBox); never stored plain.
+    Column("sealed_secret", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("create_time", Float, nullable=False),
+)
+
+user_policies = Table(
+    "user_policies",
+    metadata,
+    Column(
+        "user_name",
+        String(64),
+        ForeignKey("users.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("policy_arn", String(2048), primary_key=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("principal", String(2048), nullable=False),
+    Column("operation", String(128), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("outcome", String(128), nullable=False),
+)
