@@ -64,7 +64,8 @@ def server(
         click.echo(f"  admin credentials written to {started.credentials_file} (mode 0600)")
         click.echo(
             f"  try: AWS_SHARED_CREDENTIALS_FILE={started.credentials_file} "
-            f"aws deploy list-applications --endpoint-url {settings.endpoint} --region {settings.region}"
+            f"aws deploy list-applications --endpoint-url {settings.endpoint} "
+            f"--region {settings.region}"
         )
     app = create_app(started.context, max_request_bytes=settings.max_request_bytes)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
