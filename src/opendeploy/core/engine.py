@@ -1,0 +1,441 @@
+"""The deployment engine: ``decide(snapshot, event, now) -> Decision``.
+
+Every change of a deployment's state is an event fed here; the result is applied by the store
+in one transaction. The engine never reads a clock, a database or the network, so any replica
+(or a restarted server) reaches the same decision from the same stored snapshot.
+
+Per instance, the events of ``core.lifecycle`` run one host command at a time; across
+instances, ``core.rollout`` decides who may start and how the deployment ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from opendeploy.core.deployments import (
+    CommandStatus,
+    Deployment,
+    DeploymentStatus,
+    EventStatus,
+    HostCommand,
+    InstanceTarget,
+    TargetStatus,
+    advance,
+)
+from opendeploy.core.lifecycle import STOP_EVENTS, lifecycle_error_code
+from opendeploy.core.revisions import revision_identity
+from opendeploy.core.rollout import (
+    MinimumHealthyHosts,
+    RolloutState,
+    Standing,
+    Target,
+    check_start,
+    is_stuck,
+    next_dispatch,
+    outcome,
+)
+
+__all__ = [
+    "CommandAcked",
+    "CommandCompleted",
+    "Decision",
+    "Event",
+    "HealthUpdate",
+    "HostLost",
+    "Snapshot",
+    "Started",
+    "StopRequested",
+    "decide",
+]
+
+HEALTH_CONSTRAINTS_MESSAGE = (
+    "The overall deployment failed because too many individual instances failed deployment, "
+    "too few healthy instances are available for deployment, or some instances in your "
+    "deployment group are experiencing problems."
+)
+_START_FAILURES = {
+    "NO_INSTANCES": "The deployment group matches no registered instances.",
+    "OVER_MAX_INSTANCES": "The deployment group matches more instances than one deployment "
+    "may target.",
+    "HEALTH_CONSTRAINTS_INVALID": "The deployment configuration's minimum number of healthy "
+    "hosts cannot be met with this many instances.",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    deployment: Deployment
+    targets: Mapping[str, InstanceTarget]
+    #: Unfinished host commands, by instance name.
+    commands: Mapping[str, HostCommand] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Started:
+    """The deployment was created with its targets: begin the rollout."""
+
+
+@dataclass(frozen=True)
+class CommandAcked:
+    command_id: str
+
+
+@dataclass(frozen=True)
+class CommandCompleted:
+    command_id: str
+    succeeded: bool
+    agent_code: int = 0
+    script_name: str = ""
+    message: str = ""
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class HostLost:
+    """The instance's agent stopped answering while it had work."""
+
+    instance_name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    message: str = "Deployment stopped by user."
+
+
+Event = Started | CommandAcked | CommandCompleted | HostLost | StopRequested
+
+
+@dataclass(frozen=True)
+class HealthUpdate:
+    """An instance's standing in its group after it finished in this deployment."""
+
+    instance_name: str
+    healthy: bool
+    revision_identity: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What changed. Empty when the event changed nothing (e.g. a duplicate completion)."""
+
+    deployment: Deployment | None = None
+    targets: tuple[InstanceTarget, ...] = ()
+    commands: tuple[HostCommand, ...] = ()
+    health: tuple[HealthUpdate, ...] = ()
+
+    @property
+    def new_commands(self) -> tuple[HostCommand, ...]:
+        return tuple(c for c in self.commands if c.status is CommandStatus.PENDING)
+
+    @property
+    def empty(self) -> bool:
+        return self.deployment is None and not self.targets and not self.commands
+
+
+class _Work:
+    """The mutable scratch state of one decision."""
+
+    def __init__(self, snapshot: Snapshot, now: float) -> None:
+        self.now = now
+        self.original = snapshot.deployment
+        self.deployment = snapshot.deployment
+        self.targets = dict(snapshot.targets)
+        self.commands = dict(snapshot.commands)
+        self.changed_targets: set[str] = set()
+        self.changed_commands: dict[str, HostCommand] = {}
+        self.health: list[HealthUpdate] = []
+
+    def set_target(self, target: InstanceTarget) -> None:
+        self.targets[target.instance_name] = target
+        self.changed_targets.add(target.instance_name)
+
+    def set_command(self, command: HostCommand) -> None:
+        self.changed_commands[command.command_id] = command
+        if command.status in (CommandStatus.SUCCEEDED, CommandStatus.FAILED):
+            self.commands.pop(command.instance_name, None)
+        else:
+            self.commands[command.instance_name] = command
+
+    def command_by_id(self, command_id: str) -> HostCommand | None:
+        return next((c for c in self.commands.values() if c.command_id == command_id), None)
+
+    def set_status(self, status: DeploymentStatus, **changes: Any) -> None:
+        self.deployment = replace(
+            self.deployment, status=advance(self.deployment.status, status), **changes
+        )
+
+    def decision(self) -> Decision:
+        return Decision(
+            deployment=None if self.deployment == self.original else self.deployment,
+            targets=tuple(self.targets[name] for name in sorted(self.changed_targets)),
+            commands=tuple(self.changed_commands.values()),
+            health=tuple(self.health),
+        )
+
+
+def decide(snapshot: Snapshot, event: Event, now: float) -> Decision:
+    """The consequences of ``event`` for the deployment in ``snapshot`` at time ``now``."""
+    if not snapshot.deployment.active:
+        return Decision()
+    work = _Work(snapshot, now)
+    if isinstance(event, Started):
+        _start(work)
+    elif isinstance(event, CommandAcked):
+        _acked(work, event)
+    elif isinstance(event, CommandCompleted):
+        _completed(work, event)
+    elif isinstance(event, HostLost):
+        _host_lost(work, event)
+    else:
+        _stop(work, event)
+    if work.deployment.active:
+        _schedule(work)
+    return work.decision()
+
+
+def _minimum(deployment: Deployment) -> MinimumHealthyHosts:
+    return MinimumHealthyHosts.from_api(deployment.minimum_healthy_hosts)
+
+
+def _start(work: _Work) -> None:
+    deployment = work.deployment
+    if deployment.status is not DeploymentStatus.CREATED:
+        return
+    failure = check_start(_minimum(deployment), len(work.targets))
+    if failure is not None:
+        _skip_all_pending(work)
+        work.set_status(
+            DeploymentStatus.FAILED,
+            start_time=work.now,
+            complete_time=work.now,
+            error_code=failure,
+            error_message=_START_FAILURES[failure],
+        )
+        return
+    work.set_status(DeploymentStatus.IN_PROGRESS, start_time=work.now)
+
+
+def _acked(work: _Work, event: CommandAcked) -> None:
+    command = work.command_by_id(event.command_id)
+    if command is None or command.status is CommandStatus.IN_PROGRESS:
+        return
+    work.set_command(
+        replace(
+            command,
+            status=advance(command.status, CommandStatus.IN_PROGRESS),
+            acked_time=work.now,
+        )
+    )
+    target = work.targets[command.instance_name]
+    lifecycle = target.event(command.event)
+    if lifecycle.status is EventStatus.PENDING:
+        work.set_target(
+            target.with_event(
+                replace(lifecycle, status=EventStatus.IN_PROGRESS, start_time=work.now),
+                work.now,
+            )
+        )
+
+
+def _diagnostics(event: CommandCompleted) -> dict[str, str]:
+    if event.succeeded:
+        return {"errorCode": "Success", "scriptName": "", "message": "Succeeded", "logTail": ""}
+    return {
+        "errorCode": lifecycle_error_code(event.agent_code),
+        "scriptName": event.script_name,
+        "message": event.message or "The lifecycle event failed.",
+        "logTail": event.log_tail,
+    }
+
+
+def _completed(work: _Work, event: CommandCompleted) -> None:
+    command = work.command_by_id(event.command_id)
+    if command is None:
+        return
+    final = CommandStatus.SUCCEEDED if event.succeeded else CommandStatus.FAILED
+    work.set_command(
+        replace(command, status=advance(command.status, final), completed_time=work.now)
+    )
+    target = work.targets[command.instance_name]
+    lifecycle = target.event(command.event)
+    diagnostics = _diagnostics(event)
+    succeeded = event.succeeded
+    if (
+        not succeeded
+        and command.event in STOP_EVENTS
+        and work.deployment.ignore_application_stop_failures
+    ):
+        succeeded = True
+        diagnostics = {
+            **diagnostics,
+            "message": "Failure ignored (ignoreApplicationStopFailures): " + diagnostics["message"],
+        }
+    status = EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED
+    target = target.with_event(
+        replace(
+            lifecycle,
+            status=advance(lifecycle.status, status),
+            start_time=lifecycle.start_time or command.acked_time or work.now,
+            end_time=work.now,
+            diagnostics=diagnostics,
+        ),
+        work.now,
+    )
+    if succeeded and not work.deployment.stop_requested:
+        _continue_instance(work, target)
+    else:
+        _finish_instance(work, target, succeeded=False)
+
+
+def _continue_instance(work: _Work, target: InstanceTarget) -> None:
+    following = next((e for e in target.events if e.status is EventStatus.PENDING), None)
+    if following is None:
+        _finish_instance(work, target, succeeded=True)
+        return
+    work.set_target(target)
+    _issue_command(work, target, following.name)
+
+
+def _finish_instance(work: _Work, target: InstanceTarget, *, succeeded: bool) -> None:
+    events = tuple(
+        replace(e, status=EventStatus.SKIPPED) if e.status is EventStatus.PENDING else e
+        for e in target.events
+    )
+    final = TargetStatus.SUCCEEDED if succeeded else TargetStatus.FAILED
+    work.set_target(
+        replace(
+            target,
+            status=advance(target.status, final),
+            events=events,
+            last_updated=work.now,
+        )
+    )
+    identity = revision_identity(work.deployment.revision) if succeeded else None
+    work.health.append(HealthUpdate(target.instance_name, succeeded, identity))
+
+
+def _issue_command(work: _Work, target: InstanceTarget, event_name: str) -> None:
+    index = [e.name for e in target.events].index(event_name)
+    work.set_command(
+        HostCommand(
+            command_id=f"hc-{target.deployment_id}-{target.position}-{index}",
+            deployment_id=target.deployment_id,
+            instance_name=target.instance_name,
+            event=event_name,
+            status=CommandStatus.PENDING,
+            created_time=work.now,
+        )
+    )
+
+
+def _host_lost(work: _Work, event: HostLost) -> None:
+    command = work.commands.get(event.instance_name)
+    if command is None:
+        return
+    _completed(
+        work,
+        CommandCompleted(command_id=command.command_id, succeeded=False, message=event.message),
+    )
+
+
+def _stop(work: _Work, event: StopRequested) -> None:
+    if work.deployment.stop_requested:
+        return
+    work.deployment = replace(
+        work.deployment,
+        stop_requested=True,
+        error_code="MANUAL_STOP",
+        error_message=event.message,
+    )
+    _skip_all_pending(work)
+
+
+def _skip_all_pending(work: _Work) -> None:
+    for target in list(work.targets.values()):
+        if target.status is TargetStatus.PENDING:
+            work.set_target(_skipped(target, work.now))
+
+
+def _skipped(target: InstanceTarget, now: float) -> InstanceTarget:
+    return replace(
+        target,
+        status=advance(target.status, TargetStatus.SKIPPED),
+        events=tuple(replace(e, status=EventStatus.SKIPPED) for e in target.events),
+        last_updated=now,
+    )
+
+
+def _rollout(work: _Work) -> RolloutState:
+    ordered = sorted(work.targets.values(), key=lambda t: t.position)
+    by_status: dict[TargetStatus, frozenset[str]] = {
+        status: frozenset(t.instance_name for t in ordered if t.status is status)
+        for status in (TargetStatus.SUCCEEDED, TargetStatus.FAILED, TargetStatus.IN_PROGRESS)
+    }
+    skipped = {t.instance_name for t in ordered if t.status is TargetStatus.SKIPPED}
+    return RolloutState(
+        _minimum(work.deployment),
+        tuple(
+            Target(t.instance_name, Standing(t.standing))
+            for t in ordered
+            if t.instance_name not in skipped
+        ),
+        succeeded=by_status[TargetStatus.SUCCEEDED],
+        failed=by_status[TargetStatus.FAILED],
+        in_flight=by_status[TargetStatus.IN_PROGRESS],
+    )
+
+
+def _schedule(work: _Work) -> None:
+    """Start whoever may start; end the deployment when the rollout is over."""
+    if work.deployment.status is not DeploymentStatus.IN_PROGRESS:
+        return
+    if work.deployment.stop_requested:
+        if not any(t.status is TargetStatus.IN_PROGRESS for t in work.targets.values()):
+            work.set_status(DeploymentStatus.STOPPED, complete_time=work.now)
+        return
+    state = _rollout(work)
+    for name in next_dispatch(state):
+        target = work.targets[name]
+        started = replace(
+            target, status=advance(target.status, TargetStatus.IN_PROGRESS), last_updated=work.now
+        )
+        work.set_target(started)
+        _issue_command(work, started, started.events[0].name)
+        state = state.start((name,))
+    result = outcome(state)
+    if result is None:
+        return
+    if result == "Succeeded":
+        work.set_status(DeploymentStatus.SUCCEEDED, complete_time=work.now)
+        return
+    stuck = is_stuck(state)
+    if stuck:
+        _skip_all_pending(work)
+    work.set_status(
+        DeploymentStatus.FAILED,
+        complete_time=work.now,
+        error_code="HEALTH_CONSTRAINTS",
+        error_message=_failure_message(work),
+    )
+
+
+def _failure_message(work: _Work) -> str:
+    """AWS's words, then which hosts failed where: the detail AWS leaves out."""
+    details = []
+    for target in sorted(work.targets.values(), key=lambda t: t.position):
+        if target.status is not TargetStatus.FAILED:
+            continue
+        failed = next((e for e in target.events if e.status is EventStatus.FAILED), None)
+        if failed is None:
+            details.append(target.instance_name)
+            continue
+        diagnostics = failed.diagnostics or {}
+        script = diagnostics.get("scriptName") or ""
+        where = f"{failed.name}, {script}" if script else failed.name
+        details.append(f"{target.instance_name} ({where}): {diagnostics.get('message', '')}")
+    if not details:
+        return HEALTH_CONSTRAINTS_MESSAGE
+    return HEALTH_CONSTRAINTS_MESSAGE + " Failed instances: " + "; ".join(details)
