@@ -58,10 +58,9 @@ class EventStatus(StrEnum):
 
 
 class CommandStatus(StrEnum):
-    """A host command: created, handed to the agent by a poll, acknowledged, finished."""
+    """A host command: created (and possibly handed to the agent), acknowledged, finished."""
 
     PENDING = "Pending"
-    DISPATCHED = "Dispatched"
     IN_PROGRESS = "InProgress"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -111,8 +110,7 @@ TRANSITIONS: Mapping[type[StrEnum], Mapping[StrEnum, frozenset[StrEnum]]] = {
         _E.UNKNOWN: frozenset(),
     },
     CommandStatus: {
-        _C.PENDING: frozenset({_C.DISPATCHED, _C.IN_PROGRESS, _C.SUCCEEDED, _C.FAILED}),
-        _C.DISPATCHED: frozenset({_C.IN_PROGRESS, _C.SUCCEEDED, _C.FAILED}),
+        _C.PENDING: frozenset({_C.IN_PROGRESS, _C.SUCCEEDED, _C.FAILED}),
         _C.IN_PROGRESS: frozenset({_C.SUCCEEDED, _C.FAILED}),
         _C.SUCCEEDED: frozenset(),
         _C.FAILED: frozenset(),

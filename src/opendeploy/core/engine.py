@@ -21,6 +21,7 @@ from opendeploy.core.deployments import (
     EventStatus,
     HostCommand,
     InstanceTarget,
+    LifecycleEvent,
     TargetStatus,
     advance,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "decide",
 ]
 
+HOST_LOST_PREFIX = "Agent heartbeat lost:"
 HEALTH_CONSTRAINTS_MESSAGE = (
     "The overall deployment failed because too many individual instances failed deployment, "
     "too few healthy instances are available for deployment, or some instances in your "
@@ -94,10 +96,19 @@ class CommandCompleted:
 
 @dataclass(frozen=True)
 class HostLost:
-    """The instance's agent stopped answering while it had work."""
+    """The instance's agent stopped answering while it had work (heartbeat lost)."""
 
     instance_name: str
-    message: str
+    silent_seconds: float
+    timeout_seconds: float
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{HOST_LOST_PREFIX} the agent on {self.instance_name} has not contacted the server "
+            f"for {self.silent_seconds:.0f} s (heartbeat timeout {self.timeout_seconds:.0f} s). "
+            "The lifecycle event did not complete; no script was reported failing."
+        )
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,9 @@ def _start(work: _Work) -> None:
     deployment = work.deployment
     if deployment.status is not DeploymentStatus.CREATED:
         return
-    failure = check_start(_minimum(deployment), len(work.targets))
+    # Hosts planned Skipped (updateOutdatedInstancesOnly) are not part of N (§6.2, §8.3).
+    planned = sum(1 for t in work.targets.values() if t.status is not TargetStatus.SKIPPED)
+    failure = check_start(_minimum(deployment), planned)
     if failure is not None:
         _skip_all_pending(work)
         work.set_status(
@@ -243,8 +256,10 @@ def _acked(work: _Work, event: CommandAcked) -> None:
 def _diagnostics(event: CommandCompleted) -> dict[str, str]:
     if event.succeeded:
         return {"errorCode": "Success", "scriptName": "", "message": "Succeeded", "logTail": ""}
+    code = lifecycle_error_code(event.agent_code)
     return {
-        "errorCode": lifecycle_error_code(event.agent_code),
+        # A failure never reads "Success", whatever code came with it (HostLost sends none).
+        "errorCode": "UnknownError" if code == "Success" else code,
         "scriptName": event.script_name,
         "message": event.message or "The lifecycle event failed.",
         "logTail": event.log_tail,
@@ -284,7 +299,11 @@ def _completed(work: _Work, event: CommandCompleted) -> None:
         ),
         work.now,
     )
-    if succeeded and not work.deployment.stop_requested:
+    stopped_part_way = work.deployment.stop_requested and any(
+        e.status is EventStatus.PENDING for e in target.events
+    )
+    if succeeded and not stopped_part_way:
+        # After a stop this only finishes a host whose last event just succeeded.
         _continue_instance(work, target)
     else:
         _finish_instance(work, target, succeeded=False)
@@ -390,11 +409,12 @@ def _rollout(work: _Work) -> RolloutState:
 
 def _schedule(work: _Work) -> None:
     """Start whoever may start; end the deployment when the rollout is over."""
-    if work.deployment.status is not DeploymentStatus.IN_PROGRESS:
-        return
     if work.deployment.stop_requested:
+        # Stopped once nothing runs any more, even before it started (Created -> Stopped).
         if not any(t.status is TargetStatus.IN_PROGRESS for t in work.targets.values()):
             work.set_status(DeploymentStatus.STOPPED, complete_time=work.now)
+        return
+    if work.deployment.status is not DeploymentStatus.IN_PROGRESS:
         return
     state = _rollout(work)
     for name in next_dispatch(state):
@@ -411,15 +431,25 @@ def _schedule(work: _Work) -> None:
     if result == "Succeeded":
         work.set_status(DeploymentStatus.SUCCEEDED, complete_time=work.now)
         return
-    stuck = is_stuck(state)
-    if stuck:
+    if is_stuck(state):
         _skip_all_pending(work)
     work.set_status(
         DeploymentStatus.FAILED,
         complete_time=work.now,
-        error_code="HEALTH_CONSTRAINTS",
+        error_code="AGENT_ISSUE" if _only_lost_hosts_failed(work) else "HEALTH_CONSTRAINTS",
         error_message=_failure_message(work),
     )
+
+
+def _failed_event(target: InstanceTarget) -> LifecycleEvent | None:
+    return next((e for e in target.events if e.status is EventStatus.FAILED), None)
+
+
+def _only_lost_hosts_failed(work: _Work) -> bool:
+    """Every failed instance failed because its agent went silent, not because of a script."""
+    failed = [t for t in work.targets.values() if t.status is TargetStatus.FAILED]
+    messages = [((_failed_event(t) or LifecycleEvent("")).diagnostics or {}) for t in failed]
+    return bool(failed) and all(m.get("message", "").startswith(HOST_LOST_PREFIX) for m in messages)
 
 
 def _failure_message(work: _Work) -> str:
@@ -428,7 +458,7 @@ def _failure_message(work: _Work) -> str:
     for target in sorted(work.targets.values(), key=lambda t: t.position):
         if target.status is not TargetStatus.FAILED:
             continue
-        failed = next((e for e in target.events if e.status is EventStatus.FAILED), None)
+        failed = _failed_event(target)
         if failed is None:
             details.append(target.instance_name)
             continue

@@ -12,7 +12,14 @@ from typing import Any
 from opendeploy.core.errors import ServiceError
 from opendeploy.core.targeting import check_tag_filters, check_tag_set
 
-__all__ = ["DEFAULT_STYLE", "SPEC_MEMBERS", "validate_group_spec", "with_defaults"]
+__all__ = [
+    "DEFAULT_STYLE",
+    "SPEC_MEMBERS",
+    "default_config_name",
+    "default_style",
+    "validate_group_spec",
+    "with_defaults",
+]
 
 SPEC_MEMBERS = (
     "ec2TagFilters",
@@ -40,17 +47,32 @@ _TRAFFIC_STYLE: Mapping[str, str] = {
 }
 MAX_TRIGGERS = 10
 MAX_ALARMS = 10
+MAX_ALARM_NAME = 255
 MAX_LOAD_BALANCERS = 10
 MAX_WAIT_MINUTES = 2880
 TRIGGER_TARGET_PREFIXES = ("arn:aws:sns:", "https://", "http://")
+MAX_ECS_SERVICES = 1
+_DEFAULT_CONFIGS: Mapping[str, str] = {
+    "Server": "CodeDeployDefault.OneAtATime",
+    "Lambda": "CodeDeployDefault.LambdaAllAtOnce",
+    "ECS": "CodeDeployDefault.ECSAllAtOnce",
+}
+
+
+def default_config_name(platform: str) -> str:
+    """The deployment configuration a group of ``platform`` uses when none is given."""
+    return _DEFAULT_CONFIGS.get(platform, _DEFAULT_CONFIGS["Server"])
+
+
+def default_style(platform: str) -> Mapping[str, str]:
+    """Server groups deploy in place; Lambda and ECS are always blue/green with traffic control."""
+    return DEFAULT_STYLE if platform == "Server" else _TRAFFIC_STYLE
 
 
 def with_defaults(spec: Mapping[str, Any], platform: str) -> dict[str, Any]:
     """The members AWS always reports, filled in where the user gave none."""
     result = dict(spec)
-    result.setdefault(
-        "deploymentStyle", dict(DEFAULT_STYLE if platform == "Server" else _TRAFFIC_STYLE)
-    )
+    result.setdefault("deploymentStyle", dict(default_style(platform)))
     result.setdefault("outdatedInstancesStrategy", "UPDATE")
     result.setdefault("triggerConfigurations", [])
     result.setdefault("autoScalingGroups", [])
@@ -126,9 +148,25 @@ def _check_alarms(spec: Mapping[str, Any]) -> None:
             "AlarmsLimitExceededException",
             f"{len(alarms)} alarms were given; the limit is {MAX_ALARMS}.",
         )
-    names = [entry.get("name") for entry in alarms]
-    if any(not name for name in names) or len(set(names)) != len(names):
-        raise ServiceError("InvalidAlarmConfigException", "Every alarm needs a name, used once.")
+    seen: set[str] = set()
+    for index, entry in enumerate(alarms):
+        name = entry.get("name")
+        if not name:
+            raise ServiceError(
+                "InvalidAlarmConfigException", f"alarmConfiguration.alarms[{index}] has no name."
+            )
+        if len(name) > MAX_ALARM_NAME:
+            raise ServiceError(
+                "InvalidAlarmConfigException",
+                f"alarmConfiguration.alarms[{index}].name is {len(name)} characters long; "
+                f"the limit is {MAX_ALARM_NAME}.",
+            )
+        if name in seen:
+            raise ServiceError(
+                "InvalidAlarmConfigException",
+                f"alarmConfiguration lists the alarm {name!r} twice.",
+            )
+        seen.add(name)
     if alarm.get("enabled") and not alarms:
         raise ServiceError(
             "InvalidAlarmConfigException", "alarmConfiguration is enabled but lists no alarms."
@@ -146,8 +184,9 @@ def _check_rollback(spec: Mapping[str, Any]) -> None:
 
 def _check_style(spec: Mapping[str, Any], platform: str) -> None:
     style = spec.get("deploymentStyle") or {}
-    kind = style.get("deploymentType", "IN_PLACE")
-    option = style.get("deploymentOption", "WITHOUT_TRAFFIC_CONTROL")
+    defaults = default_style(platform)
+    kind = style.get("deploymentType") or defaults["deploymentType"]
+    option = style.get("deploymentOption") or defaults["deploymentOption"]
     if platform in ("Lambda", "ECS") and (kind, option) != ("BLUE_GREEN", "WITH_TRAFFIC_CONTROL"):
         raise ServiceError(
             "InvalidDeploymentStyleException",
@@ -184,6 +223,21 @@ def _check_style(spec: Mapping[str, Any], platform: str) -> None:
         )
 
 
+def _check_ecs_services(spec: Mapping[str, Any], platform: str) -> None:
+    services = spec.get("ecsServices") or []
+    if services and platform != "ECS":
+        raise ServiceError(
+            "InvalidECSServiceException",
+            f"ecsServices apply only to ECS applications; this application is {platform}.",
+        )
+    if len(services) > MAX_ECS_SERVICES:
+        raise ServiceError(
+            "InvalidECSServiceException",
+            f"ecsServices lists {len(services)} services; a deployment group takes "
+            f"{MAX_ECS_SERVICES}.",
+        )
+
+
 def validate_group_spec(spec: Mapping[str, Any], platform: str) -> None:
     if spec.get("autoScalingGroups"):
         raise ServiceError(
@@ -196,3 +250,4 @@ def validate_group_spec(spec: Mapping[str, Any], platform: str) -> None:
     _check_alarms(spec)
     _check_rollback(spec)
     _check_style(spec, platform)
+    _check_ecs_services(spec, platform)

@@ -76,7 +76,8 @@ def revision_identity(location: Mapping[str, Any]) -> str:
     elif kind == "GitHub":
         parts = [body["repository"], body["commitId"]]
     else:
-        parts = [body.get("sha256") or _sha256(body["content"])]
+        # Hex digests compare case-insensitively: an upper-case sha256 names the same content.
+        parts = [(body.get("sha256") or _sha256(body["content"])).lower()]
     return "|".join([kind, *parts])
 
 
