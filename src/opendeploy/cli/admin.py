@@ -14,8 +14,18 @@ __all__ = ["admin"]
 
 def _iam(endpoint: str, region: str) -> Any:
     import boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client("iam", endpoint_url=endpoint, region_name=region)
+    # One attempt, no retries: a retried CreateAccessKey could make a key whose secret is never
+    # shown, and an unreachable server should be reported at once, not after a minute of backoff.
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=10,
+        read_timeout=30,
+    )
+    return boto3.session.Session().client(
+        "iam", endpoint_url=endpoint, region_name=region, config=config
+    )
 
 
 _ENDPOINT = click.option(

@@ -33,6 +33,18 @@ _DATABASE_URL = click.option(
 @click.option("--host", default=None, help="Address to listen on [default 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port to listen on [default 8080].")
 @click.option("--region", default=None, help="Region used in ARNs [default us-east-1].")
+@click.option(
+    "--heartbeat-timeout",
+    type=float,
+    default=None,
+    help="Seconds an agent with work may stay silent before its event fails [default 60].",
+)
+@click.option(
+    "--long-poll-seconds",
+    type=float,
+    default=None,
+    help="How long an agent's poll is held when there is nothing to do [default 45].",
+)
 @click.option("--log-level", default="info", show_default=True)
 def server(
     data_dir: Path | None,
@@ -40,6 +52,8 @@ def server(
     host: str | None,
     port: int | None,
     region: str | None,
+    heartbeat_timeout: float | None,
+    long_poll_seconds: float | None,
     log_level: str,
 ) -> None:
     """Run the OpenDeploy server (API, agent endpoint and dashboard on one port)."""
@@ -52,7 +66,13 @@ def server(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     settings = ServerSettings.from_env(
-        data_dir=data_dir, database_url=database_url, host=host, port=port, region=region
+        data_dir=data_dir,
+        database_url=database_url,
+        host=host,
+        port=port,
+        region=region,
+        heartbeat_timeout=heartbeat_timeout,
+        long_poll_seconds=long_poll_seconds,
     )
     try:
         started = bootstrap(settings)
@@ -61,13 +81,21 @@ def server(
     click.echo(f"OpenDeploy server on {settings.endpoint}")
     click.echo(f"  database: {_describe_url(settings.resolved_database_url)}")
     if started.credentials_file is not None:
-        click.echo(f"  admin credentials written to {started.credentials_file} (mode 0600)")
+        credentials = started.credentials_file.resolve()
+        click.echo(f"  admin credentials written to {credentials} (mode 0600)")
         click.echo(
-            f"  try: AWS_SHARED_CREDENTIALS_FILE={started.credentials_file} "
+            f"  try: AWS_SHARED_CREDENTIALS_FILE={credentials} "
             f"aws deploy list-applications --endpoint-url {settings.endpoint} "
             f"--region {settings.region}"
         )
-    app = create_app(started.context, max_request_bytes=settings.max_request_bytes)
+    app = create_app(
+        started.context,
+        max_request_bytes=settings.max_request_bytes,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        long_poll_seconds=settings.long_poll_seconds,
+        reconcile_interval=settings.reconcile_interval,
+        max_bundle_bytes=settings.max_bundle_bytes,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
 
 

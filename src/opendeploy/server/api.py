@@ -12,13 +12,13 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opendeploy.core.errors import NotImplementedOperation, ServiceError
+from opendeploy.core.errors import AuthError, NotImplementedOperation, ServiceError
 from opendeploy.core.policies import IAM, PUBLIC
 from opendeploy.server.auth import Authenticator
 from opendeploy.server.protocol import JsonProtocol, load_service_model
@@ -40,17 +40,61 @@ JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 _READ_PREFIXES = ("Get", "BatchGet", "List")
 
 
+async def authenticate_request(
+    authenticator: Authenticator,
+    request: Request,
+    body: bytes | None,
+    service: str,
+    request_id: str,
+) -> Caller:
+    """The verified caller of ``request``; refusals are logged with the code only."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    try:
+        caller, _ = await run_in_threadpool(
+            authenticator.authenticate,
+            method=request.method,
+            path=raw_path.decode("latin-1"),
+            query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=request.headers,
+            body=body,
+            services=(service,),
+            now=dt.datetime.now(dt.UTC),
+        )
+    except AuthError as error:
+        # The code only: messages may quote the request's canonical form.
+        client = request.client.host if request.client else "unknown"
+        log.info("request %s from %s refused: %s", request_id, client, error.code)
+        raise
+    return caller
+
+
+class AgentEndpoint(Protocol):
+    """The agent API, served on the same ``POST /`` under its own target prefixes."""
+
+    def handles(self, target: str | None) -> bool: ...
+
+    async def handle(
+        self, request: Request, body: bytes, target: str, request_id: str
+    ) -> Response: ...
+
+
 class PublicApi:
     """Handles one request end to end; one instance per application."""
 
     def __init__(
-        self, context: ServiceContext, *, max_request_bytes: int, strict_shapes: bool = False
+        self,
+        context: ServiceContext,
+        *,
+        max_request_bytes: int,
+        strict_shapes: bool = False,
+        agent: AgentEndpoint | None = None,
     ) -> None:
         self.context = context
         self.max_request_bytes = max_request_bytes
         self.codedeploy = JsonProtocol(load_service_model("codedeploy"), strict=strict_shapes)
         self.iam_model = iam_service_model()
         self.authenticator = Authenticator(context.db, context.secrets)
+        self.agent = agent
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -60,6 +104,8 @@ class PublicApi:
         )
         try:
             body = await self._read_body(request)
+            if self.agent is not None and target is not None and self.agent.handles(target):
+                return await self.agent.handle(request, body, target, request_id)
             if is_query:
                 return await self._query(request, body, request_id)
             return await self._json(request, body, target, request_id)
@@ -95,19 +141,21 @@ class PublicApi:
             status=413,
         )
 
-    async def _authenticate(self, request: Request, body: bytes, service: str) -> Caller:
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        caller, _ = await run_in_threadpool(
-            self.authenticator.authenticate,
-            method=request.method,
-            path=raw_path.decode("latin-1"),
-            query=request.scope.get("query_string", b"").decode("latin-1"),
-            headers=request.headers,
-            body=body,
-            services=(service,),
-            now=dt.datetime.now(dt.UTC),
-        )
-        return caller
+    async def _authenticate(
+        self, request: Request, body: bytes, service: str, request_id: str
+    ) -> Caller:
+        return await authenticate_request(self.authenticator, request, body, service, request_id)
+
+    async def _authorize(
+        self, caller: Caller, service: str, operation: str, request_id: str
+    ) -> None:
+        """Refuse what the caller's roles do not allow; refused mutating calls are audited."""
+        try:
+            Authenticator.authorize(caller, service, operation)
+        except AuthError as error:
+            if _is_mutating(operation):
+                await run_in_threadpool(self._audit, caller, operation, request_id, error.code)
+            raise
 
     async def _json(
         self, request: Request, body: bytes, target: str | None, request_id: str
@@ -120,8 +168,8 @@ class PublicApi:
                 f"expected {prefix}<Operation>.",
             )
         operation = self.codedeploy.operation(target[len(prefix) :])
-        caller = await self._authenticate(request, body, PUBLIC)
-        Authenticator.authorize(caller, PUBLIC, operation.name)
+        caller = await self._authenticate(request, body, PUBLIC, request_id)
+        await self._authorize(caller, PUBLIC, operation.name, request_id)
         params = _json_body(body)
         handler = CODEDEPLOY_OPERATIONS.get(operation.name)
         if handler is None:
@@ -137,8 +185,8 @@ class PublicApi:
 
     async def _query(self, request: Request, body: bytes, request_id: str) -> Response:
         operation, params = parse_query_request(body, self.iam_model)
-        caller = await self._authenticate(request, body, IAM)
-        Authenticator.authorize(caller, IAM, operation)
+        caller = await self._authenticate(request, body, IAM, request_id)
+        await self._authorize(caller, IAM, operation, request_id)
         handler = IAM_OPERATIONS.get(operation)
         if handler is None:
             raise ServiceError(
@@ -161,12 +209,21 @@ class PublicApi:
         request_id: str,
     ) -> Mapping[str, Any]:
         context = dataclasses.replace(self.context, caller=caller)
-        audited = not operation.startswith(_READ_PREFIXES)
+        audited = _is_mutating(operation)
         try:
             result = await run_in_threadpool(handler, context, params)
         except ServiceError as error:
             if audited:
                 await run_in_threadpool(self._audit, caller, operation, request_id, error.code)
+            raise
+        except Exception:
+            if audited:
+                try:
+                    await run_in_threadpool(
+                        self._audit, caller, operation, request_id, "InternalFailure"
+                    )
+                except Exception:
+                    log.exception("cannot audit request %s", request_id)
             raise
         if audited:
             await run_in_threadpool(self._audit, caller, operation, request_id, "Success")
@@ -201,11 +258,19 @@ class PublicApi:
         )
 
 
+def _is_mutating(operation: str) -> bool:
+    return not operation.startswith(_READ_PREFIXES)
+
+
 def _json_body(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
         params = json.loads(body)
+    except RecursionError as error:
+        raise ServiceError(
+            "SerializationException", "The request body is nested too deeply."
+        ) from error
     except (ValueError, UnicodeDecodeError) as error:
         raise ServiceError(
             "SerializationException", f"The request body is not valid JSON: {error}"

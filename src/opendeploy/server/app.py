@@ -3,25 +3,85 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from opendeploy.server.agent_api import AgentApi, PollHub
 from opendeploy.server.api import PublicApi
+from opendeploy.server.auth import Authenticator
+from opendeploy.server.bundles_api import BundlesApi
+from opendeploy.server.reconciler import Reconciler
+from opendeploy.server.service.agent import AgentService
 from opendeploy.server.service.context import ServiceContext
+from opendeploy.server.signing import SpecSigner
 
 __all__ = ["create_app"]
 
+_REQUEST_ID = b"x-amzn-requestid"
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP response an ``x-amzn-RequestId`` (probes, 404s and 405s included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == _REQUEST_ID for name, _ in headers):
+                    headers.append((_REQUEST_ID, str(uuid.uuid4()).encode("ascii")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
 
 def create_app(
-    context: ServiceContext, *, max_request_bytes: int = 1024 * 1024, strict_shapes: bool = False
+    context: ServiceContext,
+    *,
+    max_request_bytes: int = 1024 * 1024,
+    strict_shapes: bool = False,
+    heartbeat_timeout: float = 60.0,
+    long_poll_seconds: float = 45.0,
+    reconcile_interval: float = 5.0,
+    max_bundle_bytes: int = 2 * 1024 * 1024 * 1024,
 ) -> Starlette:
-    api = PublicApi(context, max_request_bytes=max_request_bytes, strict_shapes=strict_shapes)
+    hub = PollHub()
+    context = dataclasses.replace(context, notifier=hub)
+    with context.db.write() as connection:
+        signer = SpecSigner.load_or_create(connection, context.secrets, now=dt.datetime.now(dt.UTC))
+    agent = AgentApi(
+        AgentService(context, signer),
+        Authenticator(context.db, context.secrets),
+        hub,
+        long_poll_seconds=long_poll_seconds,
+    )
+    api = PublicApi(
+        context, max_request_bytes=max_request_bytes, strict_shapes=strict_shapes, agent=agent
+    )
+    reconciler = Reconciler(
+        context, heartbeat_timeout=heartbeat_timeout, interval=reconcile_interval
+    )
+
+    async def spec_signer(_: Request) -> Response:
+        return Response(signer.certificate_pem, media_type="application/x-pem-file")
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -41,14 +101,33 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        context.db.dispose()
+        reconciler.start()
+        try:
+            yield
+        finally:
+            reconciler.stop()
+            context.db.dispose()
+
+    routes = [
+        Route("/", api.handle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/agent/spec-signer.pem", spec_signer, methods=["GET"]),
+    ]
+    if context.bundles is not None:
+        bundles = BundlesApi(
+            context.bundles,
+            agent.service,
+            api.authenticator,
+            max_bundle_bytes=max_bundle_bytes,
+        )
+        routes += [
+            Route("/bundles", bundles.upload, methods=["PUT"]),
+            Route("/agent/bundles/{sha256}", bundles.download, methods=["GET"]),
+        ]
 
     return Starlette(
-        routes=[
-            Route("/", api.handle, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
         lifespan=lifespan,
     )

@@ -28,7 +28,7 @@ class Authenticator:
         path: str,
         query: str,
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | None,
         services: Collection[str],
         now: dt.datetime,
     ) -> tuple[Caller, str]:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from opendeploy.bundles.store import open_store
 from opendeploy.core.errors import Conflict, ServiceError
 from opendeploy.core.policies import POLICY_ARNS, Role
 from opendeploy.server.secrets import SecretBox
@@ -77,6 +78,15 @@ def bootstrap(settings: ServerSettings) -> Bootstrap:
             connection, "account_id", "".join(secrets.choice("0123456789") for _ in range(12))
         )
     context = ServiceContext(
-        db=db, secrets=box, account_id=account, region=settings.region, clock=time.time
+        db=db,
+        secrets=box,
+        account_id=account,
+        region=settings.region,
+        clock=time.time,
+        bundles=open_store(
+            settings.bundle_store,
+            data_dir=settings.data_dir,
+            s3_endpoint_url=settings.s3_endpoint_url or None,
+        ),
     )
     return Bootstrap(context=context, credentials_file=_create_admin(context, settings.data_dir))

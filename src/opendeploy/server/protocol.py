@@ -17,8 +17,13 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-import botocore.session
-from botocore.model import OperationModel, ServiceModel, Shape, StructureShape
+import botocore.session  # type: ignore[import-untyped]
+from botocore.model import (  # type: ignore[import-untyped]
+    OperationModel,
+    ServiceModel,
+    Shape,
+    StructureShape,
+)
 
 from opendeploy.core.errors import ServiceError
 
@@ -175,9 +180,9 @@ class JsonProtocol:
                 out[key] = self._serialize(member, item, f"{path}.{key}")
             return out
         if shape.type_name == "list":
-            return [self._serialize(shape.member, item, f"{path}[]") for item in value]  # type: ignore[attr-defined]
+            return [self._serialize(shape.member, item, f"{path}[]") for item in value]
         if shape.type_name == "map":
-            return {k: self._serialize(shape.value, v, f"{path}.{k}") for k, v in value.items()}  # type: ignore[attr-defined]
+            return {k: self._serialize(shape.value, v, f"{path}.{k}") for k, v in value.items()}
         if shape.type_name == "timestamp":
             if isinstance(value, dt.datetime):
                 return value.timestamp()
@@ -200,9 +205,14 @@ def _pattern(source: str) -> re.Pattern[str]:
 def _length_problem(shape: Shape, size: int, path: str, unit: str) -> str | None:
     low, high = shape.metadata.get("min"), shape.metadata.get("max")
     if low is not None and size < low:
-        return f"Value at '{path}' failed to satisfy constraint: {unit} must be at least {low}."
+        return (
+            f"Value at '{path}' failed to satisfy constraint: "
+            f"{unit} greater than or equal to {low}."
+        )
     if high is not None and size > high:
-        return f"Value at '{path}' failed to satisfy constraint: {unit} must be at most {high}."
+        return (
+            f"Value at '{path}' failed to satisfy constraint: {unit} less than or equal to {high}."
+        )
     return None
 
 
@@ -216,7 +226,7 @@ def _check(shape: Shape, value: object, path: str) -> str | None:
             return f"Value at '{path}' must be a list."
         problem = _length_problem(shape, len(value), path, "Member must have length")
         for index, item in enumerate(value):
-            problem = problem or _check(shape.member, item, f"{path}[{index}]")  # type: ignore[attr-defined]
+            problem = problem or _check(shape.member, item, f"{path}[{index}]")
         return problem
     if kind == "map":
         if not isinstance(value, dict):
@@ -225,8 +235,8 @@ def _check(shape: Shape, value: object, path: str) -> str | None:
         for key, item in value.items():
             problem = (
                 problem
-                or _check(shape.key, key, f"{path}.key")  # type: ignore[attr-defined]
-                or _check(shape.value, item, f"{path}.{key}")  # type: ignore[attr-defined]
+                or _check(shape.key, key, f"{path}.key")
+                or _check(shape.value, item, f"{path}.{key}")
             )
         return problem
     if kind == "string":

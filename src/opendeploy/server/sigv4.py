@@ -156,7 +156,7 @@ def verify_request(
     path: str,
     query: str,
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | None,
     secret_for: Callable[[str], str | None],
     now: datetime,
     max_skew: timedelta = timedelta(minutes=15),
@@ -170,7 +170,9 @@ def verify_request(
     yields more than once is signed as its values joined by commas, as SigV4 specifies.
     ``secret_for`` maps an access key id to its secret, or ``None`` when the key is unknown or
     disabled. ``now`` must be timezone-aware. ``services``, when given, lists the credential
-    scope services accepted (``{"codedeploy"}`` for the public API).
+    scope services accepted (``{"codedeploy"}`` for the public API). ``body=None`` is for a
+    streamed body not read yet: the request must then carry a signed X-Amz-Content-Sha256,
+    and the caller must check the body against it as it reads it.
 
     Raises ``AuthError`` (status 403 for a missing ``Authorization``, 400 for everything else).
     """
@@ -279,6 +281,11 @@ def verify_request(
                 f"got '{content_sha256}'."
             )
 
+    if body is None and content_sha256 is None:
+        raise _incomplete(
+            "This request must carry X-Amz-Content-Sha256, the hex SHA-256 of its body."
+        )
+
     secret = secret_for(access_key_id)
     if secret is None:
         raise AuthError(
@@ -295,7 +302,7 @@ def verify_request(
     request = AWSRequest(
         method=method.upper(),
         url=url,
-        data=body,
+        data=b"" if body is None else body,
         params=parse_qsl(query, keep_blank_values=True),
     )
     request.headers = signed_only
@@ -313,8 +320,10 @@ def verify_request(
         )
 
     # botocore took a signed X-Amz-Content-Sha256 on trust; the body must match it.
-    if content_sha256 is not None and not hmac.compare_digest(
-        hashlib.sha256(body).hexdigest(), content_sha256.lower()
+    if (
+        body is not None
+        and content_sha256 is not None
+        and not hmac.compare_digest(hashlib.sha256(body).hexdigest(), content_sha256.lower())
     ):
         raise _invalid(
             "The request body does not match its X-Amz-Content-Sha256 header. "

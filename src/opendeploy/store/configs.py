@@ -59,7 +59,17 @@ def names(connection: Connection) -> list[str]:
     )
 
 
-def count(connection: Connection) -> int:
+def count(connection: Connection, *, for_create: bool = False) -> int:
+    """How many custom configs exist.
+
+    ``for_create`` first locks the existing rows (a no-op on SQLite, whose writers already run
+    one at a time), so two concurrent creators on PostgreSQL count one after the other instead
+    of both seeing room for one more and overshooting the quota together.
+    """
+    if for_create:
+        connection.execute(
+            select(deployment_configs.c.id).order_by(deployment_configs.c.id).with_for_update()
+        ).all()
     return int(
         connection.execute(select(func.count()).select_from(deployment_configs)).scalar_one()
     )

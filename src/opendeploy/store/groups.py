@@ -20,6 +20,7 @@ __all__ = [
     "delete_by_name",
     "page",
     "replace",
+    "set_target_revision",
     "with_target_revision",
 ]
 
@@ -140,3 +141,12 @@ def with_target_revision(
         )
     ).all()
     return [(row.name, row.target_revision) for row in rows if row.target_revision]
+
+
+def set_target_revision(connection: Connection, group_id: str, revision: Mapping[str, Any]) -> None:
+    """Record the revision of the group's most recent deployment."""
+    connection.execute(
+        update(deployment_groups)
+        .where(deployment_groups.c.id == group_id)
+        .values(target_revision=dict(revision))
+    )

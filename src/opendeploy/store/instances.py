@@ -6,9 +6,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
+from opendeploy.core.errors import Conflict
 from opendeploy.core.model import OnPremisesInstance
-from opendeploy.store.tables import instance_tags, instances
+from opendeploy.store.tables import instance_tags, instances, meta
 
 __all__ = [
     "add_tags",
@@ -17,9 +19,13 @@ __all__ = [
     "deregister",
     "find_by_arn",
     "listing",
+    "lock_registrations",
     "register",
     "remove_tags",
 ]
+
+#: The ``meta`` row whose lock serialises registrations (see lock_registrations).
+_REGISTRATION_LOCK = "lock:instance-registration"
 
 
 def _tags_of(connection: Connection, names: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -50,8 +56,29 @@ def _records(connection: Connection, rows: Sequence[Row[Any]]) -> list[OnPremise
     ]
 
 
+def lock_registrations(connection: Connection) -> None:
+    """Make registrations of this transaction and concurrent ones happen one after another.
+
+    Holds a row lock until the transaction ends, so "is the name or IAM ARN taken?" and the
+    insert act as one step on PostgreSQL; SQLite already serialises writers.
+    """
+    statement = select(meta.c.key).where(meta.c.key == _REGISTRATION_LOCK).with_for_update()
+    if connection.execute(statement).first() is not None:
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(insert(meta).values(key=_REGISTRATION_LOCK, value=""))
+    except IntegrityError:
+        pass
+    connection.execute(statement)
+
+
 def register(connection: Connection, instance: OnPremisesInstance) -> None:
-    """Insert the instance, or bring a deregistered record with that name back to life."""
+    """Insert the instance, or bring a deregistered record with that name back to life.
+
+    Raises ``Conflict`` when a registered instance holds the name, also when another
+    transaction registered it after the caller looked.
+    """
     values = {
         "instance_arn": instance.instance_arn,
         "iam_user_arn": instance.iam_user_arn,
@@ -59,15 +86,21 @@ def register(connection: Connection, instance: OnPremisesInstance) -> None:
         "register_time": instance.register_time,
         "deregister_time": None,
     }
-    updated = connection.execute(
-        update(instances).where(instances.c.name == instance.name).values(**values)
+    revived = connection.execute(
+        update(instances)
+        .where(instances.c.name == instance.name, instances.c.deregister_time.is_not(None))
+        .values(**values)
     )
-    if updated.rowcount:
+    if revived.rowcount:
         connection.execute(
             delete(instance_tags).where(instance_tags.c.instance_name == instance.name)
         )
-    else:
-        connection.execute(insert(instances).values(name=instance.name, **values))
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(insert(instances).values(name=instance.name, **values))
+    except IntegrityError as error:
+        raise Conflict(instance.name) from error
 
 
 def deregister(connection: Connection, name: str, when: float) -> None:
@@ -113,17 +146,24 @@ def listing(connection: Connection, registered: bool | None) -> list[OnPremisesI
 
 
 def add_tags(connection: Connection, names: Iterable[str], tags: Mapping[str, str]) -> None:
+    """Set each tag on each instance, overwriting the value of a key it already has."""
     for name in names:
         for key, value in tags.items():
-            done = connection.execute(
-                update(instance_tags)
-                .where(instance_tags.c.instance_name == name, instance_tags.c.key == key)
-                .values(value=value)
+            _upsert_tag(connection, name, key, value)
+
+
+def _upsert_tag(connection: Connection, name: str, key: str, value: str) -> None:
+    where = (instance_tags.c.instance_name == name, instance_tags.c.key == key)
+    if connection.execute(update(instance_tags).where(*where).values(value=value)).rowcount:
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(
+                insert(instance_tags).values(instance_name=name, key=key, value=value)
             )
-            if not done.rowcount:
-                connection.execute(
-                    insert(instance_tags).values(instance_name=name, key=key, value=value)
-                )
+    except IntegrityError:
+        # Another transaction added the key between our update and insert: overwrite it.
+        connection.execute(update(instance_tags).where(*where).values(value=value))
 
 
 def remove_tags(

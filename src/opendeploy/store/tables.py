@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -180,4 +181,106 @@ audit_log = Table(
     Column("operation", String(128), nullable=False),
     Column("request_id", String(64), nullable=False),
     Column("outcome", String(128), nullable=False),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column(
+        "application_id",
+        String(36),
+        ForeignKey("applications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # No foreign key: a group may be deleted under a running deployment, as on AWS.
+    Column("group_id", String(36), nullable=False, index=True),
+    Column("application_name", String(100), nullable=False),
+    Column("group_name", String(100), nullable=False),
+    Column("config_name", String(100), nullable=False),
+    Column("minimum_healthy_hosts", Json, nullable=False),
+    Column("revision", Json, nullable=False),
+    Column("revision_identity", String(2048), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    # The group id while the deployment is active, else NULL: one active deployment per group.
+    Column("active_group_id", String(36), unique=True),
+    Column("ignore_application_stop_failures", Boolean, nullable=False),
+    Column("file_exists_behavior", String(16)),
+    Column("deployment_type", String(16), nullable=False),
+    Column("stop_requested", Boolean, nullable=False),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("status_messages", Json, nullable=False),
+    Column("details", Json, nullable=False),
+    Column("create_time", Float, nullable=False, index=True),
+    Column("start_time", Float),
+    Column("complete_time", Float),
+)
+
+deployment_targets = Table(
+    "deployment_targets",
+    metadata,
+    Column(
+        "deployment_id",
+        String(16),
+        ForeignKey("deployments.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("instance_name", String(100), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("standing", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("events", Json, nullable=False),
+    Column("last_updated", Float, nullable=False),
+)
+
+host_commands = Table(
+    "host_commands",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column(
+        "deployment_id",
+        String(16),
+        ForeignKey("deployments.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("instance_name", String(100), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_time", Float, nullable=False),
+    Column("dispatched_time", Float),
+    Column("acked_time", Float),
+    Column("completed_time", Float),
+)
+Index("ix_host_commands_instance_status", host_commands.c.instance_name, host_commands.c.status)
+
+instance_health = Table(
+    "instance_health",
+    metadata,
+    Column("instance_name", String(100), primary_key=True),
+    Column("group_id", String(36), primary_key=True),
+    Column("healthy", Boolean, nullable=False),
+    Column("revision_identity", String(2048)),
+    Column("updated_time", Float, nullable=False),
+)
+
+agent_contacts = Table(
+    "agent_contacts",
+    metadata,
+    Column("instance_name", String(100), primary_key=True),
+    Column("last_seen", Float, nullable=False),
+)
+
+command_logs = Table(
+    "command_logs",
+    metadata,
+    Column(
+        "command_id",
+        String(64),
+        ForeignKey("host_commands.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("content", Text, nullable=False),
+    Column("size", Integer, nullable=False),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from opendeploy.store.tables import resource_tags
 
@@ -21,14 +22,19 @@ def get(connection: Connection, arn: str) -> dict[str, str]:
 
 
 def set_many(connection: Connection, arn: str, tags: Mapping[str, str]) -> None:
+    """Set each tag, overwriting the value of a key the resource already has."""
     for key, value in tags.items():
-        done = connection.execute(
-            update(resource_tags)
-            .where(resource_tags.c.resource_arn == arn, resource_tags.c.key == key)
-            .values(value=value)
-        )
-        if not done.rowcount:
-            connection.execute(insert(resource_tags).values(resource_arn=arn, key=key, value=value))
+        where = (resource_tags.c.resource_arn == arn, resource_tags.c.key == key)
+        if connection.execute(update(resource_tags).where(*where).values(value=value)).rowcount:
+            continue
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    insert(resource_tags).values(resource_arn=arn, key=key, value=value)
+                )
+        except IntegrityError:
+            # Another transaction added the key between our update and insert: overwrite it.
+            connection.execute(update(resource_tags).where(*where).values(value=value))
 
 
 def remove(connection: Connection, arn: str, keys: Iterable[str]) -> None:

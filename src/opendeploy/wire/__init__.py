@@ -14,7 +14,7 @@ from pathlib import Path
 
 from botocore.model import ServiceModel
 
-__all__ = ["DATA_PATH", "COMMANDS_SERVICE", "EXTENSIONS_SERVICE", "service_model"]
+__all__ = ["COMMANDS_SERVICE", "DATA_PATH", "EXTENSIONS_SERVICE", "service_model"]
 
 DATA_PATH = Path(__file__).with_name("data")
 COMMANDS_SERVICE = "codedeploy-commands"

@@ -118,6 +118,9 @@ def batch_get_applications(ctx: ServiceContext, params: dict[str, Any]) -> dict[
 
 def list_applications(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
     after = decode_token("applications", params.get("nextToken"))
+    if after is not None and not isinstance(after, str):
+        # A forged token: comparing a name column with a number fails on PostgreSQL (500).
+        raise ServiceError("InvalidNextTokenException", "The nextToken is not valid.")
     with ctx.db.read() as connection:
         names, last = store.page(connection, after, ctx.page_size)
     result: dict[str, Any] = {"applications": names}

@@ -65,7 +65,7 @@ def create_deployment_config(ctx: ServiceContext, params: dict[str, Any]) -> dic
     with ctx.db.write() as connection:
         if store.by_name(connection, name) is not None:
             raise exists
-        if store.count(connection) >= MAX_CUSTOM_CONFIGS:
+        if store.count(connection, for_create=True) >= MAX_CUSTOM_CONFIGS:
             raise ServiceError(
                 "DeploymentConfigLimitExceededException",
                 f"This server already has {MAX_CUSTOM_CONFIGS} custom deployment configurations.",
@@ -89,6 +89,9 @@ def get_deployment_config(ctx: ServiceContext, params: dict[str, Any]) -> dict[s
 def list_deployment_configs(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
     """Custom configs and every predefined one, by name, in pages."""
     after = decode_token("deploymentconfigs", params.get("nextToken"))
+    if after is not None and not isinstance(after, str):
+        # A forged token: comparing names with a number or a list raises TypeError (500).
+        raise ServiceError("InvalidNextTokenException", "The nextToken is not valid.")
     with ctx.db.read() as connection:
         names = store.names(connection)
     every = sorted([*names, *(config.name for config in PREDEFINED_CONFIGS)])

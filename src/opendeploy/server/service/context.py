@@ -9,8 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opendeploy.bundles.store import BundleStore
 from opendeploy.core.errors import ServiceError
 from opendeploy.server.secrets import SecretBox
+from opendeploy.server.service.notify import CommandNotifier, NoNotifier
 from opendeploy.store.database import Database
 
 __all__ = ["PAGE_SIZE", "Caller", "ServiceContext", "decode_token", "encode_token"]
@@ -39,6 +41,9 @@ class ServiceContext:
     new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
     page_size: int = PAGE_SIZE
     caller: Caller | None = None
+    notifier: CommandNotifier = field(default_factory=NoNotifier)
+    #: Where pushed revisions live; None when this server takes no pushes.
+    bundles: BundleStore | None = None
 
     def application_arn(self, name: str) -> str:
         return f"arn:aws:codedeploy:{self.region}:{self.account_id}:application:{name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -9,7 +10,12 @@ from typing import Any
 from sqlalchemy import Connection
 
 from opendeploy.core.errors import Conflict, ServiceError
-from opendeploy.core.groups import SPEC_MEMBERS, validate_group_spec, with_defaults
+from opendeploy.core.groups import (
+    SPEC_MEMBERS,
+    default_config_name,
+    validate_group_spec,
+    with_defaults,
+)
 from opendeploy.core.model import Application, DeploymentGroup
 from opendeploy.core.names import check_config_name, check_resource_name
 from opendeploy.server.service import tagging
@@ -34,7 +40,8 @@ __all__ = [
 
 MAX_GROUPS_PER_APPLICATION = 1000
 BATCH_LIMIT = 100
-DEFAULT_CONFIG = "CodeDeployDefault.OneAtATime"
+#: An IAM role ARN: partition, 12-digit account, optional path, role name.
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}")
 
 
 def check_group_name(value: object) -> str:
@@ -103,8 +110,12 @@ def _check_config(connection: Connection, name: object, platform: str) -> str:
 def _check_role(value: object) -> str:
     if not value:
         raise ServiceError("RoleRequiredException", "serviceRoleArn is required.")
-    if not isinstance(value, str) or not value.startswith("arn:"):
-        raise ServiceError("InvalidRoleException", f"serviceRoleArn {value!r} is not an ARN.")
+    if not isinstance(value, str) or not _ROLE_ARN.fullmatch(value):
+        raise ServiceError(
+            "InvalidRoleException",
+            f"serviceRoleArn {value!r} is not an IAM role ARN "
+            "(arn:aws:iam::<12-digit account>:role/<name>).",
+        )
     return value
 
 
@@ -120,7 +131,9 @@ def create_deployment_group(ctx: ServiceContext, params: dict[str, Any]) -> dict
     with ctx.db.write() as connection:
         app = require_application(connection, params.get("applicationName"))
         config_name = _check_config(
-            connection, params.get("deploymentConfigName") or DEFAULT_CONFIG, app.compute_platform
+            connection,
+            params.get("deploymentConfigName") or default_config_name(app.compute_platform),
+            app.compute_platform,
         )
         validate_group_spec(spec, app.compute_platform)
         if store.by_name(connection, app.application_id, name) is not None:
@@ -188,6 +201,8 @@ def list_deployment_groups(ctx: ServiceContext, params: dict[str, Any]) -> dict[
         app = require_application(connection, params.get("applicationName"))
         scope = "groups:" + app.application_id
         after = decode_token(scope, params.get("nextToken"))
+        if after is not None and not isinstance(after, str):
+            raise ServiceError("InvalidNextTokenException", "The nextToken is not valid.")
         names, last = store.page(connection, app.application_id, after, ctx.page_size)
     result: dict[str, Any] = {"applicationName": app.name, "deploymentGroups": names}
     if last is not None:
@@ -208,7 +223,7 @@ def update_deployment_group(ctx: ServiceContext, params: dict[str, Any]) -> dict
         if params.get("deploymentConfigName"):
             config = _check_config(connection, params["deploymentConfigName"], app.compute_platform)
             updated = replace(updated, config_name=config)
-        if params.get("serviceRoleArn"):
+        if params.get("serviceRoleArn") is not None:
             updated = replace(updated, service_role_arn=_check_role(params["serviceRoleArn"]))
         new_name = params.get("newDeploymentGroupName")
         if new_name and new_name != group.name:

@@ -81,13 +81,31 @@ def _caller_roles(ctx: ServiceContext) -> frozenset[Role]:
     return roles_of(ctx.caller.policies) if ctx.caller else frozenset({Role.ADMIN})
 
 
-def _check_may_manage(ctx: ServiceContext, connection: Connection, user: User) -> None:
-    """A deployer manages only users whose policies are the agent's (or none yet)."""
-    roles = _caller_roles(ctx)
-    if Role.ADMIN in roles or (ctx.caller is not None and ctx.caller.user_name == user.name):
+def _manages_freely(ctx: ServiceContext, user: User) -> bool:
+    """Admins manage everyone; every user manages themselves."""
+    if Role.ADMIN in _caller_roles(ctx):
+        return True
+    return ctx.caller is not None and ctx.caller.user_name == user.name
+
+
+def _check_may_manage_keys(ctx: ServiceContext, connection: Connection, user: User) -> None:
+    """A deployer manages only the keys of agent users: users whose only policy is the agent's.
+
+    A user without any policy yet is not one: keys outlive policy changes, so a key minted
+    before an admin attaches a stronger policy would become that stronger key.
+    """
+    if _manages_freely(ctx, user):
+        return
+    if set(store.policies_of(connection, user.name)) != {POLICY_ARNS[Role.AGENT]}:
+        raise _denied(f"Only an admin may manage the keys of {user.name}: it is not an agent user.")
+
+
+def _check_may_attach(ctx: ServiceContext, connection: Connection, user: User) -> None:
+    """A deployer attaches (the agent policy) only to users with no policy but the agent's."""
+    if _manages_freely(ctx, user):
         return
     if not roles_of(store.policies_of(connection, user.name)) <= {Role.AGENT}:
-        raise _denied(f"Only an admin may manage the keys of {user.name}.")
+        raise _denied(f"Only an admin may change the policies of {user.name}.")
 
 
 def _user_shape(user: User) -> dict[str, Any]:
@@ -203,7 +221,7 @@ def create_access_key(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
     name = _user_name(ctx, params)
     with ctx.db.write() as connection:
         user = _require_user(connection, name)
-        _check_may_manage(ctx, connection, user)
+        _check_may_manage_keys(ctx, connection, user)
         return {"AccessKey": issue_access_key(ctx, connection, user)}
 
 
@@ -211,7 +229,7 @@ def list_access_keys(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, A
     name = _user_name(ctx, params)
     with ctx.db.read() as connection:
         user = _require_user(connection, name)
-        _check_may_manage(ctx, connection, user)
+        _check_may_manage_keys(ctx, connection, user)
         keys = store.keys_of(connection, name)
     return {
         "AccessKeyMetadata": [
@@ -232,7 +250,7 @@ def delete_access_key(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
     key_id = params.get("AccessKeyId") or ""
     with ctx.db.write() as connection:
         user = _require_user(connection, name)
-        _check_may_manage(ctx, connection, user)
+        _check_may_manage_keys(ctx, connection, user)
         if not store.delete_access_key(connection, name, key_id):
             raise ServiceError(
                 "NoSuchEntity",
@@ -261,7 +279,7 @@ def attach_user_policy(ctx: ServiceContext, params: dict[str, Any]) -> dict[str,
         raise _denied("A deployer may attach only the agent policy.")
     with ctx.db.write() as connection:
         user = _require_user(connection, params.get("UserName") or "")
-        _check_may_manage(ctx, connection, user)
+        _check_may_attach(ctx, connection, user)
         store.attach_policy(connection, user.name, arn)
     return {}
 

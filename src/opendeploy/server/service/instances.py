@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from opendeploy.core.errors import ServiceError
+from opendeploy.core.errors import Conflict, ServiceError
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.core.targeting import check_tag_filters, matches_any
 from opendeploy.server.service.context import ServiceContext, decode_token, encode_token
@@ -30,6 +30,8 @@ __all__ = [
 BATCH_LIMIT = 100
 MAX_TAG_INSTANCES = 100
 MAX_INSTANCE_TAGS = 10
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
 _INSTANCE_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,100}")
 _USER_ARN = re.compile(r"arn:aws:iam::\d{12}:user/(?:[\w+=,.@-]+/)*[\w+=,.@-]+")
 _SESSION_ARN = re.compile(r"arn:aws:sts::\d{12}:assumed-role/[\w+=,.@-]+/[\w+=,.@-]+")
@@ -68,6 +70,13 @@ def _not_registered(name: str) -> ServiceError:
     )
 
 
+def _name_taken(name: str) -> ServiceError:
+    return ServiceError(
+        "InstanceNameAlreadyRegisteredException",
+        f"The on-premises instance name {name} is already registered.",
+    )
+
+
 def _registered(connection: Connection, name: str) -> OnPremisesInstance:
     instance = store.by_name(connection, name)
     if instance is None or not instance.registered:
@@ -92,12 +101,10 @@ def register_on_premises_instance(ctx: ServiceContext, params: dict[str, Any]) -
         )
     suffix = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(10))
     with ctx.db.write() as connection:
+        store.lock_registrations(connection)
         existing = store.by_name(connection, name)
         if existing is not None and existing.registered:
-            raise ServiceError(
-                "InstanceNameAlreadyRegisteredException",
-                f"The on-premises instance name {name} is already registered.",
-            )
+            raise _name_taken(name)
         bound = store.find_by_arn(connection, user_arn=user_arn, session_arn=session_arn)
         if bound is not None:
             code = (
@@ -108,16 +115,19 @@ def register_on_premises_instance(ctx: ServiceContext, params: dict[str, Any]) -
             raise ServiceError(
                 code, f"{user_arn or session_arn} is already registered to {bound.name}."
             )
-        store.register(
-            connection,
-            OnPremisesInstance(
-                name=name,
-                instance_arn=ctx.instance_arn(name, suffix),
-                register_time=ctx.clock(),
-                iam_user_arn=user_arn,
-                iam_session_arn=session_arn,
-            ),
-        )
+        try:
+            store.register(
+                connection,
+                OnPremisesInstance(
+                    name=name,
+                    instance_arn=ctx.instance_arn(name, suffix),
+                    register_time=ctx.clock(),
+                    iam_user_arn=user_arn,
+                    iam_session_arn=session_arn,
+                ),
+            )
+        except Conflict as error:
+            raise _name_taken(name) from error
     return {}
 
 
@@ -156,6 +166,8 @@ def list_on_premises_instances(ctx: ServiceContext, params: dict[str, Any]) -> d
     check_tag_filters(filters, field="tagFilters", error_code="InvalidTagFilterException")
     scope = f"instances:{status}:{filters!r}"
     after = decode_token(scope, params.get("nextToken"))
+    if after is not None and not isinstance(after, str):
+        raise ServiceError("InvalidNextTokenException", "The nextToken is not valid.")
     registered = None if status is None else status == "Registered"
     with ctx.db.read() as connection:
         every = store.listing(connection, registered)
@@ -185,8 +197,20 @@ def _tag_targets(params: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]
             f"{len(names)} instances were given; the limit is {MAX_TAG_INSTANCES}.",
         )
     for index, tag in enumerate(tags):
-        if not tag.get("Key"):
+        key, value = tag.get("Key"), tag.get("Value") or ""
+        if not key:
             raise ServiceError("InvalidTagException", f"tags[{index}] has no Key.")
+        if len(key) > MAX_TAG_KEY:
+            raise ServiceError(
+                "InvalidTagException",
+                f"tags[{index}].Key is {len(key)} characters long; the limit is {MAX_TAG_KEY}.",
+            )
+        if len(value) > MAX_TAG_VALUE:
+            raise ServiceError(
+                "InvalidTagException",
+                f"tags[{index}].Value is {len(value)} characters long; the limit is "
+                f"{MAX_TAG_VALUE}.",
+            )
     return names, list(tags)
 
 

@@ -29,9 +29,17 @@ MAX_TAGS = 50
 MAX_KEY = 128
 MAX_VALUE = 256
 _ARN = re.compile(
-    r"arn:aws:codedeploy:(?P<region>[^:]*):(?P<account>\d*):"
-    r"(?P<kind>application|deploymentgroup|deploymentconfig|[a-z]+)[:/](?P<name>.+)"
+    r"arn:(?P<partition>[\w-]+):(?P<service>[\w-]+):(?P<region>[\w-]*):(?P<account>\d*):"
+    r"(?P<resource>.+)"
 )
+_NAME = r"[A-Za-z0-9+=,.@_-]{1,100}"
+#: Taggable kind -> the shape of the resource part of its ARN (codedeploy-spec §1.6).
+_RESOURCES: dict[str, re.Pattern[str]] = {
+    "application": re.compile(rf"application:(?P<name>{_NAME})"),
+    "deploymentgroup": re.compile(rf"deploymentgroup:(?P<application>{_NAME})/(?P<name>{_NAME})"),
+    "deploymentconfig": re.compile(rf"deploymentconfig:(?P<name>{_NAME})"),
+}
+_KIND = re.compile(r"[A-Za-z-]+")
 
 
 def tags_to_add(tags: Sequence[dict[str, Any]] | None, *, error_code: str) -> dict[str, str]:
@@ -79,47 +87,79 @@ def move_application_tags(ctx: ServiceContext, connection: Connection, old: str,
         tag_store.rename(connection, ctx.group_arn(old, group), ctx.group_arn(new, group))
 
 
+def _not_supported(arn: str, what: str) -> ServiceError:
+    return ServiceError(
+        "ArnNotSupportedException",
+        f"{arn} is {what}; tags apply to CodeDeploy applications, deployment groups and "
+        "custom deployment configurations.",
+    )
+
+
 def _resolve(ctx: ServiceContext, connection: Connection, arn: object) -> str:
     """Check that ``arn`` names a taggable resource that exists; return it."""
-    if not arn:
+    if arn is None or arn == "":
         raise ServiceError("ResourceArnRequiredException", "ResourceArn is required.")
-    match = _ARN.fullmatch(str(arn))
-    if match is None or match["account"] != ctx.account_id:
-        raise ServiceError("InvalidArnException", f"{arn} is not an ARN of this server.")
-    kind, name = match["kind"], match["name"]
-    if kind == "application":
+    match = _ARN.fullmatch(arn) if isinstance(arn, str) else None
+    if match is None:
+        raise ServiceError(
+            "InvalidArnException",
+            f"{arn} is not an ARN; expected arn:aws:codedeploy:<region>:<account>:<resource>.",
+        )
+    arn = str(arn)
+    if match["service"] != "codedeploy":
+        raise _not_supported(arn, f"an ARN of the {match['service']} service")
+    if (match["partition"], match["region"], match["account"]) != (
+        "aws",
+        ctx.region,
+        ctx.account_id,
+    ):
+        raise ServiceError(
+            "InvalidArnException",
+            f"{arn} names partition {match['partition']!r}, region {match['region']!r} and "
+            f"account {match['account']!r}; this server is aws, {ctx.region}, "
+            f"account {ctx.account_id}.",
+        )
+    resource = match["resource"]
+    kind = _KIND.match(resource)
+    shape = _RESOURCES.get(kind.group() if kind else "")
+    if shape is None:
+        raise _not_supported(arn, f"the ARN of a {kind.group() if kind else 'unknown'} resource")
+    parts = shape.fullmatch(resource)
+    if parts is None:
+        raise ServiceError(
+            "InvalidArnException",
+            f"{arn} is not a well-formed ARN: the resource part {resource!r} must look like "
+            "application:<name>, deploymentgroup:<application>/<group> or "
+            "deploymentconfig:<name>.",
+        )
+    name = parts["name"]
+    if resource.startswith("application:"):
         if app_store.by_name(connection, name) is None:
             raise ServiceError(
                 "ApplicationDoesNotExistException", f"No application found for name: {name}"
             )
-    elif kind == "deploymentgroup":
-        app_name, _, group_name = name.partition("/")
+        return ctx.application_arn(name)
+    if resource.startswith("deploymentgroup:"):
+        app_name = parts["application"]
         app = app_store.by_name(connection, app_name)
         if app is None:
             raise ServiceError(
                 "ApplicationDoesNotExistException", f"No application found for name: {app_name}"
             )
-        if group_store.by_name(connection, app.application_id, group_name) is None:
+        if group_store.by_name(connection, app.application_id, name) is None:
             raise ServiceError(
                 "DeploymentGroupDoesNotExistException",
-                f"No deployment group found for name: {group_name}",
+                f"No deployment group found for name: {name}",
             )
-    elif kind == "deploymentconfig":
-        if predefined_config(name) is not None:
-            raise ServiceError(
-                "ArnNotSupportedException", f"The predefined configuration {name} takes no tags."
-            )
-        if config_store.by_name(connection, name) is None:
-            raise ServiceError(
-                "DeploymentConfigDoesNotExistException",
-                f"No deployment configuration found for name: {name}",
-            )
-    else:
+        return ctx.group_arn(app_name, name)
+    if predefined_config(name) is not None:
+        raise _not_supported(arn, f"the predefined deployment configuration {name}")
+    if config_store.by_name(connection, name) is None:
         raise ServiceError(
-            "ArnNotSupportedException",
-            f"Tags apply to applications, deployment groups and deployment configs, not {kind}.",
+            "DeploymentConfigDoesNotExistException",
+            f"No deployment configuration found for name: {name}",
         )
-    return str(arn)
+    return ctx.config_arn(name)
 
 
 def tag_resource(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,402 @@
+"""The agent's main loop: poll, then for each command spec → verify → ack → run → complete.
+
+``Agent.step()`` does one round: journal recovery (until it has gone through), one
+PollHostCommand (a long poll the server holds up to ~45 s; the next one starts at once), and
+the handling of the command it returned, if any. ``run_forever()`` repeats it until stopped.
+
+Per command, as the stock agent (agent-protocol §1.3, stock-agent-wire §5-6):
+
+1. GetDeploymentSpecification; ``DeploymentSystem`` must be ``CodeDeploy``; the PKCS7/JSON
+   envelope must verify against the pinned signer certificate.
+2. PutHostCommandAcknowledgement with ``{"IsCommandNoop": ...}``. The answer decides:
+   absent / Pending / InProgress → run; Succeeded → nothing more; Failed → for a no-op,
+   Complete(Succeeded, "Succeeded: CompletedNoopCommand"), otherwise nothing more.
+3. Journal entry written, command executed while a heartbeat thread sends
+   PostHostCommandUpdate every ``heartbeat_interval``, outcome recorded in the journal.
+4. One PutHostCommandComplete, retried until the server stores it; journal entry removed.
+
+A deterministic failure before the ack (bad spec, unreadable appspec, a 4xx) is reported with
+one Complete(Failed, code 5) and no ack. A transient one (server unreachable after retries) is
+not reported at all: the server hands an unacknowledged command out again.
+
+Shutdown is two-stage (``request_stop``): the first request stops polling (an idle agent exits
+at once) and lets a running command finish and report; the second kills the running hook's
+process group and exits without reporting, leaving the journal entry, so the next start
+reports the event as failed with code 7.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, Protocol, TypeVar
+
+from opendeploy.agent.client import Aborted, Backoff, CommandServiceError, CompleteResult
+from opendeploy.agent.config import AgentConfig
+from opendeploy.agent.envelope import EnvelopeError, load_certificate, verify_envelope
+from opendeploy.agent.executor import (
+    DeploymentSpec,
+    Executor,
+    ExecutorClient,
+    Outcome,
+    SpecError,
+    failure,
+)
+from opendeploy.agent.journal import Journal, recover
+
+__all__ = [
+    "NOOP_DIAGNOSTICS",
+    "Agent",
+    "AgentClient",
+    "Step",
+    "current_deployment",
+]
+
+log = logging.getLogger(__name__)
+
+NOOP_DIAGNOSTICS: Final[Mapping[str, Any]] = {
+    "error_code": 0,
+    "script_name": "",
+    "message": "Succeeded: CompletedNoopCommand",
+    "log": "",
+}
+_WAIT_TICK: Final = 0.05
+_T = TypeVar("_T")
+
+_current: list[str | None] = [None]
+
+
+def current_deployment() -> str | None:
+    """The deployment whose command the agent is handling (for log lines), or None."""
+    return _current[0]
+
+
+@contextmanager
+def _deployment(deployment_id: str | None) -> Iterator[None]:
+    previous = _current[0]
+    _current[0] = deployment_id
+    try:
+        yield
+    finally:
+        _current[0] = previous
+
+
+class AgentClient(ExecutorClient, Protocol):
+    """What the loop needs from ``CommandClient`` (tests pass a fake)."""
+
+    host_identifier: str
+    abort: threading.Event
+
+    def poll(self) -> dict[str, Any] | None: ...
+
+    def get_deployment_specification(self, execution_id: str) -> dict[str, Any]: ...
+
+    def acknowledge(self, command_id: str, *, is_noop: bool) -> str | None: ...
+
+    def complete(
+        self,
+        command_id: str,
+        status: str,
+        diagnostics: Mapping[str, Any],
+        *,
+        retry_seconds: float | None = None,
+    ) -> CompleteResult: ...
+
+    def update(self, command_id: str) -> str | None: ...
+
+
+class Step(enum.Enum):
+    IDLE = "idle"
+    """The poll returned no command."""
+    COMMAND = "command"
+    """A command was handled."""
+    ERROR = "error"
+    """The poll failed; the agent backed off."""
+    STOPPED = "stopped"
+    """A stop was requested."""
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: AgentClient,
+        executor: Executor | None = None,
+        *,
+        journal: Journal | None = None,
+        poll_backoff: Backoff | None = None,
+        min_poll_interval: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.executor = executor or Executor(config, client)
+        self.journal = journal or Journal(config.root_dir)
+        self.poll_backoff = poll_backoff or Backoff(base=1.0, cap=60.0)
+        self.min_poll_interval = min_poll_interval
+        self.certificate = load_certificate(config.spec_signer_certificate)
+        self.poll_errors = 0
+        self._recovered = False
+        self._stopping = False
+        self._killed = False
+        self._stop_event = threading.Event()
+        self._executing = False
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    def request_stop(self) -> None:
+        """First call: stop polling, finish the running command. Second: kill it and exit."""
+        if not self._stopping:
+            self._stopping = True
+            self._stop_event.set()
+            if self._executing:
+                log.warning("stopping after the running command finishes (signal again to kill it)")
+            else:
+                log.info("stopping")
+            return
+        if not self._killed:
+            self._killed = True
+            self.client.abort.set()
+            log.warning("stopping now: killing the running hook; the next start reports it")
+            self.executor.abort()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless a stop is requested; True if it was."""
+        return self._stop_event.wait(max(seconds, 0.0))
+
+    def _wait_for(self, call: Callable[[], _T], *, stop_on: Callable[[], bool]) -> _T:
+        """``call()`` in a worker thread; raises _Stopped as soon as ``stop_on()`` is true."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=run, name="agent-call", daemon=True)
+        worker.start()
+        while not done.wait(_WAIT_TICK):
+            if stop_on():
+                raise _Stopped
+        if "error" in box:
+            raise box["error"]
+        value: _T = box["value"]
+        return value
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run_forever(self) -> int:
+        """Poll and handle commands until stopped; 0 after a clean stop, 2 after a kill."""
+        log.info(
+            "agent for %s (%s) polling %s",
+            self.config.instance_name,
+            self.client.host_identifier,
+            self.config.endpoint,
+        )
+        while not self._stopping:
+            self.step()
+        return 2 if self._killed else 0
+
+    def step(self) -> Step:
+        """Journal recovery if still due, one poll, and the command it returns."""
+        if self._stopping:
+            return Step.STOPPED
+        if not self._recovered:
+            self._recovered = self.recover()
+        started = time.monotonic()
+        try:
+            command = self._wait_for(self.client.poll, stop_on=lambda: self._stopping)
+        except _Stopped:
+            return Step.STOPPED
+        except (CommandServiceError, Aborted) as exc:
+            self.poll_errors += 1
+            delay = self.poll_backoff.delay(min(self.poll_errors - 1, 10))
+            log.warning(
+                "poll failed (%d in a row): %s; next poll in %.1f s", self.poll_errors, exc, delay
+            )
+            self._sleep(delay)
+            return Step.ERROR
+        self.poll_errors = 0
+        if command is None:
+            elapsed = time.monotonic() - started
+            if elapsed < self.min_poll_interval:
+                # A server that answers at once (no long poll) must not make us spin.
+                self._sleep(self.min_poll_interval - elapsed)
+            return Step.IDLE
+        try:
+            self.handle(command)
+        except Exception:
+            log.exception("handling command %s failed", command.get("HostCommandIdentifier"))
+        return Step.COMMAND
+
+    def recover(self) -> bool:
+        """Report the journal's entries (code 7, or their recorded result); True when done."""
+
+        def complete(command_id: str, status: str, diagnostics: dict[str, Any]) -> bool:
+            result = self.client.complete(command_id, status, diagnostics)
+            return result is not CompleteResult.ABANDONED
+
+        try:
+            pending = recover(self.journal, complete)
+        except OSError as exc:
+            log.error("cannot read the journal in %s: %s", self.journal.directory, exc)
+            return False
+        return not pending
+
+    # -- one command -------------------------------------------------------------------------
+
+    def handle(self, command: Mapping[str, Any]) -> None:
+        command_id = command.get("HostCommandIdentifier")
+        name = command.get("CommandName")
+        execution_id = command.get("DeploymentExecutionId")
+        host = command.get("HostIdentifier")
+        if host != self.client.host_identifier:
+            log.error(
+                "ignoring a command for host %r: this agent is %r",
+                host,
+                self.client.host_identifier,
+            )
+            return
+        if not isinstance(command_id, str) or not command_id:
+            log.error("ignoring a command without HostCommandIdentifier: %r", dict(command))
+            return
+        if not isinstance(name, str) or not name or not isinstance(execution_id, str):
+            log.error("command %s has no CommandName or DeploymentExecutionId", command_id)
+            self._complete(command_id, failure("the command has no name or execution id"))
+            return
+        with _deployment(execution_id.rpartition("deployment/")[2] or None):
+            spec = self._specification(command_id, name, execution_id)
+            if spec is None:
+                return
+            with _deployment(spec.deployment_id):
+                self._acknowledge_and_run(command_id, name, spec)
+
+    def _specification(
+        self, command_id: str, name: str, execution_id: str
+    ) -> DeploymentSpec | None:
+        log.info("%s: received (%s)", name, command_id)
+        try:
+            response = self.client.get_deployment_specification(execution_id)
+        except Aborted:
+            return None
+        except CommandServiceError as exc:
+            if exc.retryable:
+                log.error(
+                    "%s: cannot get the specification (%s); the server will resend it", name, exc
+                )
+                return None
+            self._complete(command_id, failure(exc.server_message))
+            return None
+        system = response.get("DeploymentSystem")
+        if system != "CodeDeploy":
+            self._complete(
+                command_id, failure(f"Deployment System mismatch: CodeDeploy != {system}")
+            )
+            return None
+        envelope = (response.get("DeploymentSpecification") or {}).get("GenericEnvelope")
+        try:
+            document = verify_envelope(envelope, self.certificate)
+            return DeploymentSpec.parse(document)
+        except (EnvelopeError, SpecError) as exc:
+            log.error("%s: refusing the deployment specification: %s", name, exc)
+            self._complete(command_id, failure(f"Invalid deployment specification: {exc}"))
+            return None
+
+    def _acknowledge_and_run(self, command_id: str, name: str, spec: DeploymentSpec) -> None:
+        try:
+            noop = self.executor.is_noop(name, spec)
+        except Exception as exc:
+            log.error("%s: %s", name, exc)
+            self._complete(command_id, failure(str(exc)))
+            return
+        try:
+            status = self.client.acknowledge(command_id, is_noop=noop)
+        except Aborted:
+            return
+        except CommandServiceError as exc:
+            if exc.retryable:
+                log.error("%s: cannot acknowledge (%s); the server will resend it", name, exc)
+                return
+            self._complete(command_id, failure(exc.server_message))
+            return
+        if status == "Succeeded":
+            log.info("%s: the server says it already succeeded; nothing to do", name)
+            return
+        if status == "Failed":
+            if noop:
+                self._complete(command_id, Outcome(True, NOOP_DIAGNOSTICS))
+            else:
+                log.warning("%s: the server says it failed already; not running it", name)
+            return
+        try:
+            entry = self.journal.begin(spec.deployment_id, command_id, name)
+        except OSError as exc:
+            log.error("%s: cannot write the journal: %s", name, exc)
+            self._complete(command_id, failure(f"The agent cannot write its journal: {exc}"))
+            return
+        outcome = self._execute(command_id, name, spec)
+        if outcome is None:
+            log.warning("%s: killed; the next start reports it as failed", name)
+            return
+        entry = self.journal.finish(entry, outcome.status, outcome.diagnostics)
+        if self._complete(command_id, outcome):
+            self.journal.clear(entry)
+
+    def _execute(self, command_id: str, name: str, spec: DeploymentSpec) -> Outcome | None:
+        """Run the command with a heartbeat; None if killed by a second stop request."""
+        done = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(command_id, done), name="heartbeat", daemon=True
+        )
+        heartbeat.start()
+        self._executing = True
+        started = time.monotonic()
+        try:
+            outcome = self._wait_for(
+                lambda: self.executor.execute(name, spec, host_command_id=command_id),
+                stop_on=lambda: self._killed,
+            )
+        except _Stopped:
+            return None
+        finally:
+            self._executing = False
+            done.set()
+            heartbeat.join(timeout=5)
+        if self._killed:
+            return None
+        log.info("%s: %s in %.1f s", name, outcome.status, time.monotonic() - started)
+        return outcome
+
+    def _heartbeat(self, command_id: str, done: threading.Event) -> None:
+        while not done.wait(self.config.heartbeat_interval):
+            try:
+                self.client.update(command_id)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _complete(self, command_id: str, outcome: Outcome) -> bool:
+        """Send Complete; True when the server has it (or refused it for good)."""
+        result = self.client.complete(command_id, outcome.status, outcome.diagnostics)
+        if result is CompleteResult.STORED:
+            code = outcome.diagnostics.get("error_code")
+            log.info("reported %s (code %s)", outcome.status, code)
+        return result is not CompleteResult.ABANDONED

@@ -1,0 +1,74 @@
+"""Background work that time alone triggers: agents that went silent.
+
+``step(now)`` is one pass; ``Reconciler.run`` repeats it in a thread until stopped. Deadlines
+are re-derived from stored timestamps every pass, so a restarted server resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from opendeploy.core.engine import HostLost
+from opendeploy.server.service.context import ServiceContext
+from opendeploy.server.service.engine_runner import feed
+from opendeploy.store import deployments as store
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(
+        self, ctx: ServiceContext, *, heartbeat_timeout: float = 60.0, interval: float = 5.0
+    ) -> None:
+        self.ctx = ctx
+        self.heartbeat_timeout = heartbeat_timeout
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self, now: float) -> int:
+        """Fail the open commands of hosts silent for longer than the heartbeat timeout."""
+        with self.ctx.db.read() as connection:
+            open_commands = store.overdue_commands(connection)
+            contacts = store.last_contacts(
+                connection, sorted({command.instance_name for command, _ in open_commands})
+            )
+        lost = 0
+        for command, _ in open_commands:
+            reference = max(contacts.get(command.instance_name, 0.0), command.created_time)
+            silent = now - reference
+            if silent <= self.heartbeat_timeout:
+                continue
+            log.warning(
+                "deployment %s: host %s silent for %.0f s; failing %s",
+                command.deployment_id,
+                command.instance_name,
+                silent,
+                command.event,
+            )
+            feed(
+                self.ctx,
+                command.deployment_id,
+                HostLost(command.instance_name, silent, self.heartbeat_timeout),
+            )
+            lost += 1
+        return lost
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="opendeploy-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.step(self.ctx.clock())
+            except Exception:
+                log.exception("reconciler pass failed; retrying in %.0f s", self.interval)

@@ -1,0 +1,240 @@
+"""Use cases of the agent API (the CodeDeploy host command service), framework-free.
+
+A caller is an agent user; the on-premises instance registered with that user's ARN is the
+only host it may act for, and it sees only that host's commands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opendeploy.bundles.store import sha256_from_location
+from opendeploy.core.deployments import CommandStatus, Deployment, HostCommand
+from opendeploy.core.engine import CommandAcked, CommandCompleted
+from opendeploy.core.errors import ServiceError
+from opendeploy.core.model import OnPremisesInstance
+from opendeploy.server.service.context import Caller, ServiceContext
+from opendeploy.server.service.engine_runner import feed
+from opendeploy.server.signing import SpecSigner
+from opendeploy.store import deployments as store
+from opendeploy.store import instances as instance_store
+
+__all__ = [
+    "AgentService",
+    "Host",
+]
+
+#: A command handed to an agent that never acknowledged it is handed over again after this.
+REDELIVER_AFTER_SECONDS = 60.0
+
+
+def _client_error(message: str) -> ServiceError:
+    return ServiceError("ClientException", message)
+
+
+@dataclass(frozen=True)
+class Host:
+    instance: OnPremisesInstance
+    identifier: str
+
+
+def _execution_id(ctx: ServiceContext, deployment_id: str) -> str:
+    arn = f"arn:aws:sds:{ctx.region}:{ctx.account_id}:deployment/{deployment_id}"
+    return f"CodeDeploy/{ctx.region}/{ctx.account_id}/{arn}"
+
+
+def _deployment_of_execution(execution_id: str) -> str:
+    _, _, deployment_id = execution_id.rpartition("deployment/")
+    if not deployment_id.startswith("d-"):
+        raise _client_error(f"{execution_id!r} is not a deployment execution id.")
+    return deployment_id
+
+
+def _parse_diagnostics(diagnostics: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not diagnostics or diagnostics.get("Format") != "JSON":
+        return {}
+    try:
+        payload = json.loads(diagnostics.get("Payload") or "{}")
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+class AgentService:
+    def __init__(self, ctx: ServiceContext, signer: SpecSigner) -> None:
+        self.ctx = ctx
+        self.signer = signer
+
+    def host(self, caller: Caller, host_identifier: str | None = None) -> Host:
+        """The instance registered to the caller; the identifier it polls with must be its own."""
+        if host_identifier is not None and host_identifier != caller.arn:
+            raise _client_error(
+                f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
+            )
+        with self.ctx.db.read() as connection:
+            instance = instance_store.find_by_arn(connection, user_arn=caller.arn)
+        if instance is None:
+            raise _client_error(
+                f"No registered on-premises instance has the IAM user ARN {caller.arn}."
+            )
+        return Host(instance=instance, identifier=caller.arn)
+
+    def claim(self, host: Host) -> dict[str, Any] | None:
+        """The next command for the host (marked handed over), or None; records contact."""
+        now = self.ctx.clock()
+        with self.ctx.db.write() as connection:
+            store.record_contact(connection, host.instance.name, now)
+            command = store.next_command_for(
+                connection,
+                host.instance.name,
+                now=now,
+                redeliver_after=REDELIVER_AFTER_SECONDS,
+            )
+        if command is None:
+            return None
+        return {
+            "HostCommandIdentifier": command.command_id,
+            "HostIdentifier": host.identifier,
+            "DeploymentExecutionId": _execution_id(self.ctx, command.deployment_id),
+            "CommandName": command.event,
+            "Nonce": int(command.created_time * 1000),
+        }
+
+    def _command(self, host: Host, command_id: str | None) -> HostCommand:
+        with self.ctx.db.read() as connection:
+            command = store.command_by_id(connection, command_id or "")
+        if command is None or command.instance_name != host.instance.name:
+            raise _client_error(f"No command {command_id} for this host.")
+        return command
+
+    def _deployment_for_host(self, host: Host, deployment_id: str) -> Deployment:
+        with self.ctx.db.read() as connection:
+            deployment = store.by_id(connection, deployment_id)
+            targets = store.targets_of(connection, deployment_id) if deployment else []
+        if deployment is None or host.instance.name not in {t.instance_name for t in targets}:
+            raise _client_error(f"No deployment {deployment_id} for this host.")
+        return deployment
+
+    def specification(self, host: Host, execution_id: str) -> dict[str, Any]:
+        deployment = self._deployment_for_host(host, _deployment_of_execution(execution_id))
+        spec = self.spec_document(deployment)
+        payload = json.dumps(spec, separators=(",", ":")).encode()
+        return {
+            "DeploymentSystem": "CodeDeploy",
+            "DeploymentSpecification": {
+                "GenericEnvelope": {"Format": "PKCS7/JSON", "Payload": self.signer.sign(payload)}
+            },
+        }
+
+    def spec_document(self, deployment: Deployment) -> dict[str, Any]:
+        """The deployment specification JSON, in the stock agent's shape."""
+        revision = deployment.revision
+        spec: dict[str, Any] = {
+            "DeploymentId": deployment.deployment_id,
+            "DeploymentGroupId": deployment.group_id,
+            "DeploymentGroupName": deployment.group_name,
+            "ApplicationName": deployment.application_name,
+            "DeploymentCreator": deployment.details.get("creator", "user"),
+            "DeploymentType": deployment.deployment_type,
+            "AgentActionOverrides": {
+                "AgentOverrides": {
+                    "FileExistsBehavior": deployment.file_exists_behavior or "DISALLOW"
+                }
+            },
+        }
+        if revision.get("revisionType") == "S3":
+            s3 = revision["s3Location"]
+            spec["Revision"] = {
+                "RevisionType": "S3",
+                "S3Revision": {
+                    key: s3[member]
+                    for key, member in (
+                        ("Bucket", "bucket"),
+                        ("Key", "key"),
+                        ("BundleType", "bundleType"),
+                        ("Version", "version"),
+                        ("ETag", "eTag"),
+                    )
+                    if s3.get(member)
+                },
+            }
+        elif revision.get("revisionType") == "GitHub":
+            github = revision["gitHubLocation"]
+            account, _, repository = str(github["repository"]).partition("/")
+            spec["Revision"] = {
+                "RevisionType": "GitHub",
+                "GitHubRevision": {
+                    "Account": account,
+                    "Repository": repository,
+                    "CommitId": github["commitId"],
+                    "BundleType": "tar",
+                },
+            }
+        return spec
+
+    def may_download(self, host: Host, sha256: str) -> bool:
+        """Whether a deployment that targeted this host uses the bundle."""
+        bundles = self.ctx.bundles
+        if bundles is None:
+            return False
+        with self.ctx.db.read() as connection:
+            revisions = store.revisions_deployed_to(connection, host.instance.name)
+        return any(sha256_from_location(bundles, revision) == sha256 for revision in revisions)
+
+    def acknowledge(self, host: Host, command_id: str | None) -> dict[str, Any]:
+        command = self._command(host, command_id)
+        if command.status in (CommandStatus.SUCCEEDED, CommandStatus.FAILED):
+            return {"CommandStatus": command.status.value}
+        feed(self.ctx, command.deployment_id, CommandAcked(command.command_id))
+        self._touch(host)
+        return {"CommandStatus": CommandStatus.IN_PROGRESS.value}
+
+    def complete(
+        self,
+        host: Host,
+        command_id: str | None,
+        status: str | None,
+        diagnostics: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Record the outcome; the first completion of a command wins, later ones are no-ops."""
+        command = self._command(host, command_id)
+        details = _parse_diagnostics(diagnostics)
+        code = details.get("error_code")
+        feed(
+            self.ctx,
+            command.deployment_id,
+            CommandCompleted(
+                command_id=command.command_id,
+                succeeded=status == CommandStatus.SUCCEEDED.value,
+                agent_code=code if isinstance(code, int) else 5,
+                script_name=str(details.get("script_name") or ""),
+                message=str(details.get("message") or ""),
+                log_tail=str(details.get("log") or "")[-4096:],
+            ),
+        )
+        self._touch(host)
+        return {}
+
+    def update(self, host: Host, command_id: str | None) -> dict[str, Any]:
+        """A heartbeat while a command runs."""
+        command = self._command(host, command_id)
+        self._touch(host)
+        with self.ctx.db.read() as connection:
+            current = store.command_by_id(connection, command.command_id)
+        return {"CommandStatus": (current or command).status.value}
+
+    def put_log(self, host: Host, command_id: str | None, offset: int, text: str) -> dict[str, Any]:
+        command = self._command(host, command_id)
+        with self.ctx.db.write() as connection:
+            try:
+                store.append_log(connection, command.command_id, offset, text)
+            except ValueError as error:
+                raise _client_error(str(error)) from error
+        return {}
+
+    def _touch(self, host: Host) -> None:
+        with self.ctx.db.write() as connection:
+            store.record_contact(connection, host.instance.name, self.ctx.clock())

@@ -1,0 +1,464 @@
+"""Deployments: snapshots for the engine, and applying its decisions atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from opendeploy.core.deployments import (
+    CommandStatus,
+    Deployment,
+    DeploymentStatus,
+    EventStatus,
+    HostCommand,
+    InstanceTarget,
+    LifecycleEvent,
+    TargetStatus,
+)
+from opendeploy.core.engine import Decision, Snapshot
+from opendeploy.core.errors import Conflict
+from opendeploy.core.planner import InstanceHealth
+from opendeploy.core.revisions import revision_identity
+from opendeploy.store.tables import (
+    agent_contacts,
+    command_logs,
+    deployment_targets,
+    deployments,
+    host_commands,
+    instance_health,
+)
+
+__all__ = [
+    "active_commands",
+    "active_for_group",
+    "append_log",
+    "apply",
+    "by_id",
+    "command_by_id",
+    "create",
+    "health_of",
+    "ids",
+    "last_contacts",
+    "log_of",
+    "next_command_for",
+    "overdue_commands",
+    "record_contact",
+    "revisions_deployed_to",
+    "snapshot",
+    "targets_of",
+]
+
+_OPEN = (CommandStatus.PENDING.value, CommandStatus.IN_PROGRESS.value)
+
+
+def _deployment(row: Row[Any]) -> Deployment:
+    return Deployment(
+        deployment_id=row.id,
+        application_id=row.application_id,
+        application_name=row.application_name,
+        group_id=row.group_id,
+        group_name=row.group_name,
+        config_name=row.config_name,
+        minimum_healthy_hosts=row.minimum_healthy_hosts,
+        revision=row.revision,
+        status=DeploymentStatus(row.status),
+        create_time=row.create_time,
+        ignore_application_stop_failures=row.ignore_application_stop_failures,
+        file_exists_behavior=row.file_exists_behavior,
+        deployment_type=row.deployment_type,
+        start_time=row.start_time,
+        complete_time=row.complete_time,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        stop_requested=row.stop_requested,
+        status_messages=tuple(row.status_messages),
+        details=row.details,
+    )
+
+
+def _deployment_values(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "status": deployment.status.value,
+        "active_group_id": deployment.group_id if deployment.active else None,
+        "start_time": deployment.start_time,
+        "complete_time": deployment.complete_time,
+        "error_code": deployment.error_code,
+        "error_message": deployment.error_message,
+        "stop_requested": deployment.stop_requested,
+        "status_messages": list(deployment.status_messages),
+        "details": dict(deployment.details),
+    }
+
+
+def _events_json(events: Iterable[LifecycleEvent]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": e.name,
+            "status": e.status.value,
+            "start": e.start_time,
+            "end": e.end_time,
+            "diagnostics": dict(e.diagnostics) if e.diagnostics is not None else None,
+        }
+        for e in events
+    ]
+
+
+def _target(row: Row[Any]) -> InstanceTarget:
+    return InstanceTarget(
+        deployment_id=row.deployment_id,
+        instance_name=row.instance_name,
+        position=row.position,
+        standing=row.standing,
+        status=TargetStatus(row.status),
+        events=tuple(
+            LifecycleEvent(
+                name=e["name"],
+                status=EventStatus(e["status"]),
+                start_time=e["start"],
+                end_time=e["end"],
+                diagnostics=e["diagnostics"],
+            )
+            for e in row.events
+        ),
+        last_updated=row.last_updated,
+    )
+
+
+def _command(row: Row[Any]) -> HostCommand:
+    return HostCommand(
+        command_id=row.id,
+        deployment_id=row.deployment_id,
+        instance_name=row.instance_name,
+        event=row.event,
+        status=CommandStatus(row.status),
+        created_time=row.created_time,
+        dispatched_time=row.dispatched_time,
+        acked_time=row.acked_time,
+        completed_time=row.completed_time,
+    )
+
+
+def create(
+    connection: Connection, deployment: Deployment, targets: Sequence[InstanceTarget]
+) -> None:
+    """Store a new deployment; Conflict when its group already has an active one."""
+    values = _deployment_values(deployment)
+    try:
+        with connection.begin_nested():
+            connection.execute(
+                insert(deployments).values(
+                    id=deployment.deployment_id,
+                    application_id=deployment.application_id,
+                    group_id=deployment.group_id,
+                    application_name=deployment.application_name,
+                    group_name=deployment.group_name,
+                    config_name=deployment.config_name,
+                    minimum_healthy_hosts=dict(deployment.minimum_healthy_hosts),
+                    revision=dict(deployment.revision),
+                    revision_identity=revision_identity(deployment.revision),
+                    ignore_application_stop_failures=deployment.ignore_application_stop_failures,
+                    file_exists_behavior=deployment.file_exists_behavior,
+                    deployment_type=deployment.deployment_type,
+                    create_time=deployment.create_time,
+                    **values,
+                )
+            )
+    except IntegrityError as error:
+        raise Conflict(deployment.group_id) from error
+    if targets:
+        connection.execute(
+            insert(deployment_targets),
+            [
+                {
+                    "deployment_id": t.deployment_id,
+                    "instance_name": t.instance_name,
+                    "position": t.position,
+                    "standing": t.standing,
+                    "status": t.status.value,
+                    "events": _events_json(t.events),
+                    "last_updated": t.last_updated,
+                }
+                for t in targets
+            ],
+        )
+
+
+def by_id(connection: Connection, deployment_id: str, *, lock: bool = False) -> Deployment | None:
+    statement = select(deployments).where(deployments.c.id == deployment_id)
+    if lock:
+        statement = statement.with_for_update()
+    row = connection.execute(statement).first()
+    return None if row is None else _deployment(row)
+
+
+def targets_of(connection: Connection, deployment_id: str) -> list[InstanceTarget]:
+    rows = connection.execute(
+        select(deployment_targets)
+        .where(deployment_targets.c.deployment_id == deployment_id)
+        .order_by(deployment_targets.c.position)
+    ).all()
+    return [_target(row) for row in rows]
+
+
+def active_commands(connection: Connection, deployment_id: str) -> list[HostCommand]:
+    rows = connection.execute(
+        select(host_commands).where(
+            host_commands.c.deployment_id == deployment_id, host_commands.c.status.in_(_OPEN)
+        )
+    ).all()
+    return [_command(row) for row in rows]
+
+
+def snapshot(connection: Connection, deployment_id: str) -> Snapshot | None:
+    """The deployment, its targets and open commands, the deployment row locked for update
+    (PostgreSQL) so that one deployment's events apply one at a time."""
+    deployment = by_id(connection, deployment_id, lock=True)
+    if deployment is None:
+        return None
+    return Snapshot(
+        deployment=deployment,
+        targets={t.instance_name: t for t in targets_of(connection, deployment_id)},
+        commands={c.instance_name: c for c in active_commands(connection, deployment_id)},
+    )
+
+
+def apply(connection: Connection, decision: Decision, *, group_id: str) -> None:
+    """Write everything a decision changed."""
+    if decision.deployment is not None:
+        connection.execute(
+            update(deployments)
+            .where(deployments.c.id == decision.deployment.deployment_id)
+            .values(**_deployment_values(decision.deployment))
+        )
+    for target in decision.targets:
+        connection.execute(
+            update(deployment_targets)
+            .where(
+                deployment_targets.c.deployment_id == target.deployment_id,
+                deployment_targets.c.instance_name == target.instance_name,
+            )
+            .values(
+                status=target.status.value,
+                events=_events_json(target.events),
+                last_updated=target.last_updated,
+            )
+        )
+    for command in decision.commands:
+        values = {
+            "status": command.status.value,
+            "dispatched_time": command.dispatched_time,
+            "acked_time": command.acked_time,
+            "completed_time": command.completed_time,
+        }
+        done = connection.execute(
+            update(host_commands).where(host_commands.c.id == command.command_id).values(**values)
+        )
+        if not done.rowcount:
+            connection.execute(
+                insert(host_commands).values(
+                    id=command.command_id,
+                    deployment_id=command.deployment_id,
+                    instance_name=command.instance_name,
+                    event=command.event,
+                    created_time=command.created_time,
+                    **values,
+                )
+            )
+    now = max((t.last_updated for t in decision.targets), default=0.0)
+    for health in decision.health:
+        values = {"healthy": health.healthy, "revision_identity": health.revision_identity}
+        done = connection.execute(
+            update(instance_health)
+            .where(
+                instance_health.c.instance_name == health.instance_name,
+                instance_health.c.group_id == group_id,
+            )
+            .values(updated_time=now, **values)
+        )
+        if not done.rowcount:
+            connection.execute(
+                insert(instance_health).values(
+                    instance_name=health.instance_name,
+                    group_id=group_id,
+                    updated_time=now,
+                    **values,
+                )
+            )
+
+
+def health_of(
+    connection: Connection, group_id: str, names: Sequence[str]
+) -> dict[str, InstanceHealth]:
+    rows = connection.execute(
+        select(instance_health).where(
+            instance_health.c.group_id == group_id, instance_health.c.instance_name.in_(names)
+        )
+    ).all()
+    return {row.instance_name: InstanceHealth(row.healthy, row.revision_identity) for row in rows}
+
+
+def active_for_group(connection: Connection, group_id: str) -> Deployment | None:
+    row = connection.execute(
+        select(deployments).where(deployments.c.active_group_id == group_id)
+    ).first()
+    return None if row is None else _deployment(row)
+
+
+def ids(
+    connection: Connection,
+    *,
+    group_id: str | None = None,
+    application_id: str | None = None,
+    statuses: Sequence[str] = (),
+    created_after: float | None = None,
+    created_before: float | None = None,
+    active_only: bool = False,
+) -> list[str]:
+    """Deployment ids matching the filters, newest first."""
+    statement = select(deployments.c.id)
+    if group_id is not None:
+        statement = statement.where(deployments.c.group_id == group_id)
+    if application_id is not None:
+        statement = statement.where(deployments.c.application_id == application_id)
+    if statuses:
+        statement = statement.where(deployments.c.status.in_(list(statuses)))
+    if created_after is not None:
+        statement = statement.where(deployments.c.create_time >= created_after)
+    if created_before is not None:
+        statement = statement.where(deployments.c.create_time <= created_before)
+    if active_only:
+        statement = statement.where(deployments.c.active_group_id.is_not(None))
+    statement = statement.order_by(deployments.c.create_time.desc(), deployments.c.id.desc())
+    return list(connection.execute(statement).scalars())
+
+
+def command_by_id(connection: Connection, command_id: str) -> HostCommand | None:
+    row = connection.execute(select(host_commands).where(host_commands.c.id == command_id)).first()
+    return None if row is None else _command(row)
+
+
+def next_command_for(
+    connection: Connection, instance_name: str, *, now: float, redeliver_after: float
+) -> HostCommand | None:
+    """The oldest command waiting for this instance, marked as handed over now.
+
+    A command handed over but never acknowledged is handed over again after
+    ``redeliver_after`` seconds (the agent may have died before it could ack).
+    """
+    row = connection.execute(
+        select(host_commands)
+        .where(
+            host_commands.c.instance_name == instance_name,
+            host_commands.c.status == CommandStatus.PENDING.value,
+            or_(
+                host_commands.c.dispatched_time.is_(None),
+                host_commands.c.dispatched_time < now - redeliver_after,
+            ),
+        )
+        .order_by(host_commands.c.created_time, host_commands.c.id)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    claimed = connection.execute(
+        update(host_commands)
+        .where(
+            host_commands.c.id == row.id,
+            host_commands.c.status == CommandStatus.PENDING.value,
+            or_(
+                host_commands.c.dispatched_time.is_(None),
+                host_commands.c.dispatched_time < now - redeliver_after,
+            ),
+        )
+        .values(dispatched_time=now)
+    )
+    if not claimed.rowcount:
+        return None
+    return replace(_command(row), dispatched_time=now)
+
+
+def record_contact(connection: Connection, instance_name: str, now: float) -> None:
+    done = connection.execute(
+        update(agent_contacts)
+        .where(agent_contacts.c.instance_name == instance_name)
+        .values(last_seen=now)
+    )
+    if not done.rowcount:
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    insert(agent_contacts).values(instance_name=instance_name, last_seen=now)
+                )
+        except IntegrityError:
+            connection.execute(
+                update(agent_contacts)
+                .where(agent_contacts.c.instance_name == instance_name)
+                .values(last_seen=now)
+            )
+
+
+def last_contacts(connection: Connection, names: Sequence[str]) -> dict[str, float]:
+    rows = connection.execute(
+        select(agent_contacts).where(agent_contacts.c.instance_name.in_(names))
+    ).all()
+    return {row.instance_name: row.last_seen for row in rows}
+
+
+def overdue_commands(connection: Connection) -> list[tuple[HostCommand, str]]:
+    """Open commands of active deployments with their deployment's group id."""
+    rows = connection.execute(
+        select(host_commands, deployments.c.group_id)
+        .join(deployments, deployments.c.id == host_commands.c.deployment_id)
+        .where(and_(host_commands.c.status.in_(_OPEN), deployments.c.active_group_id.is_not(None)))
+    ).all()
+    return [(_command(row), row.group_id) for row in rows]
+
+
+def append_log(connection: Connection, command_id: str, offset: int, text: str) -> int:
+    """Store ``text`` at ``offset`` of the command's full log; returns the new size.
+
+    A chunk that starts before the end (a retried upload) overwrites from there, so retries
+    never duplicate output.
+    """
+    row = connection.execute(
+        select(command_logs).where(command_logs.c.command_id == command_id)
+    ).first()
+    if row is None:
+        content = text if offset == 0 else ""
+        if offset:
+            raise ValueError(f"the log of {command_id} starts at 0, not {offset}")
+        connection.execute(
+            insert(command_logs).values(command_id=command_id, content=content, size=len(content))
+        )
+        return len(content)
+    if offset > row.size:
+        raise ValueError(f"the log of {command_id} has {row.size} characters; offset {offset}")
+    content = row.content[:offset] + text
+    connection.execute(
+        update(command_logs)
+        .where(command_logs.c.command_id == command_id)
+        .values(content=content, size=len(content))
+    )
+    return len(content)
+
+
+def log_of(connection: Connection, command_id: str) -> str | None:
+    return connection.execute(
+        select(command_logs.c.content).where(command_logs.c.command_id == command_id)
+    ).scalar()
+
+
+def revisions_deployed_to(connection: Connection, instance_name: str, limit: int = 50) -> list[Any]:
+    """The revisions of the latest deployments that targeted an instance, newest first."""
+    rows = connection.execute(
+        select(deployments.c.revision)
+        .join(deployment_targets, deployment_targets.c.deployment_id == deployments.c.id)
+        .where(deployment_targets.c.instance_name == instance_name)
+        .order_by(deployments.c.create_time.desc())
+        .limit(limit)
+    ).all()
+    return [row.revision for row in rows]
