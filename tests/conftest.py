@@ -117,7 +117,12 @@ def start_server(data_dir: Path, database_url: str = "", **settings: Any) -> Run
     credentials = configparser.ConfigParser()
     credentials.read(started.credentials_file)
     app = create_app(
-        started.context, max_request_bytes=config.max_request_bytes, strict_shapes=True
+        started.context,
+        max_request_bytes=config.max_request_bytes,
+        strict_shapes=True,
+        heartbeat_timeout=config.heartbeat_timeout,
+        long_poll_seconds=config.long_poll_seconds,
+        reconcile_interval=config.reconcile_interval,
     )
     # IPPROTO_TCP explicitly: asyncio then disables Nagle on accepted connections.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

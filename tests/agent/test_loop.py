@@ -347,6 +347,7 @@ def test_a_deployment_system_mismatch_is_refused(
     client.spec_answer = {"DeploymentSystem": "NotCodeDeploy"}
     make_agent(config, client, executor).step()
     [(_, status, diagnostics)] = client.completes()
+    assert status == "Failed"
     assert diagnostics["message"] == "Deployment System mismatch: CodeDeploy != NotCodeDeploy"
     assert "ack" not in client.names()
 
@@ -641,7 +642,9 @@ class StubServer:
                     self._answer(200, data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 

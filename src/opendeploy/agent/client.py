@@ -240,7 +240,7 @@ class CommandClient:
         client_config = Config(
             read_timeout=config.poll_read_timeout,
             connect_timeout=10,
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             tcp_keepalive=True,
             user_agent_extra=f"opendeploy-agent/{__version__}",
         )

@@ -62,7 +62,10 @@ class BundlesApi:
                 spool.seek(0)
                 info = await run_in_threadpool(self.store.put, spool, sha256=expected)
             body = {
-                "revision": revision_location(self.store, info),
+                "revision": {
+                    "revisionType": "S3",
+                    "s3Location": revision_location(self.store, info),
+                },
                 "sha256": info.sha256,
                 "size": info.size,
             }
