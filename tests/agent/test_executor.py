@@ -464,6 +464,8 @@ def test_noop_answers(executor: Executor, client: FakeClient, tmp_path: Path) ->
 
 def test_an_unknown_command_fails_with_code_5(executor: Executor, client: FakeClient) -> None:
     spec = spec_for(client, "d-UNKN00001")
+    succeeded, diagnostics = executor.execute("FooBar", spec, host_command_id="hc")
+    assert succeeded is False and diagnostics["error_code"] == 5
     assert deploy(executor, spec, "FooBar") == [
         {
             "error_code": 5,

@@ -777,3 +777,34 @@ def test_bundle_paths_outside_the_store_are_refused(real_client: CommandClient) 
 def test_the_client_repr_hides_the_secret(real_client: CommandClient) -> None:
     assert SECRET not in repr(real_client)
     assert SECRET not in repr(real_client.config)
+
+
+def test_the_client_ignores_the_aws_environment_of_its_user(
+    config: AgentConfig, stub: StubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nregion = eu-west-3\nca_bundle = /nonexistent/ca.pem\n")
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/nonexistent/ca.pem")
+    client = CommandClient(replace(config, endpoint=stub.endpoint), backoff=FAST)
+    try:
+        assert client.poll() is None
+    finally:
+        client.close()
+    assert stub.requests[0]["signed"].region == "us-east-1"
+
+
+def test_diagnostics_are_cut_to_the_models_limit_keeping_the_newest_log() -> None:
+    from opendeploy.agent.client import fit_diagnostics
+
+    log = "".join(f"line {n}\n" for n in range(5000))
+    payload = fit_diagnostics({"error_code": 4, "script_name": "s", "message": "m", "log": log})
+    assert len(payload) <= 8192
+    document = json.loads(payload)
+    assert document["log"].endswith("line 4999\n")
+    assert document["message"] == "m"
+    small = {"error_code": 0, "script_name": "", "message": "Succeeded: ", "log": ""}
+    assert json.loads(fit_diagnostics(small)) == small

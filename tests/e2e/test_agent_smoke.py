@@ -80,7 +80,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         _cli("server", "--data-dir", str(data_dir), "--port", str(port), "--log-level", "warning"),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "OPENDEPLOY_RECONCILE_INTERVAL": "1"},
+        env={**os.environ, "OPENDEPLOY_LONG_POLL_SECONDS": "3"},
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -92,7 +92,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             log.close()
-            raise RuntimeError("the server did not start:\n" + (tmp_path / "server.log").read_text())
+            raise RuntimeError(
+                "the server did not start:\n" + (tmp_path / "server.log").read_text()
+            )
         time.sleep(0.1)
     yield Server(endpoint, data_dir / "admin-credentials", process)
     process.send_signal(signal.SIGINT)
@@ -218,6 +220,4 @@ def test_register_poll_and_deploy_with_a_real_agent(server: Server, tmp_path: Pa
             status = agent.wait()
         agent_log.close()
     assert status == 0, (tmp_path / "agent.log").read_text()
-    assert "secret" not in (tmp_path / "agent.log").read_text().lower().replace(
-        "secret=none", ""
-    ) or config.secret_access_key not in (tmp_path / "agent.log").read_text()
+    assert config.secret_access_key not in (tmp_path / "agent.log").read_text()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import random
 import ssl
 import threading
@@ -233,10 +234,8 @@ class CommandClient:
         self.complete_retry_seconds = complete_retry_seconds
         self.complete_backoff = complete_backoff or Backoff(base=1.0, cap=30.0)
         self._credentials = Credentials(config.access_key_id, config.secret_access_key)
-        session = botocore.session.get_session()
-        loader = session.get_component("data_loader")
-        if str(DATA_PATH) not in loader.search_paths:
-            loader.search_paths.append(str(DATA_PATH))
+        session = _isolated_session()
+        session.get_component("data_loader").search_paths.append(str(DATA_PATH))
         client_config = Config(
             read_timeout=config.poll_read_timeout,
             connect_timeout=10,
@@ -421,6 +420,26 @@ class CommandClient:
         for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-Sha256"):
             request.headers[name] = signed.headers[name]
         return request
+
+
+def _isolated_session() -> Any:
+    """A botocore session that ignores the AWS environment and files of the agent's user.
+
+    The agent's configuration file is its whole configuration: an ``AWS_PROFILE`` naming a
+    missing profile, an ``AWS_CA_BUNDLE`` or a ``~/.aws/config`` meant for other tools must not
+    change (or break) how it talks to its server.
+    """
+    isolated = {
+        name: (None, None, default, None)
+        for name, default in (
+            ("profile", None),
+            ("config_file", os.devnull),
+            ("credentials_file", os.devnull),
+            ("ca_bundle", None),
+            ("data_path", None),
+        )
+    }
+    return botocore.session.Session(session_vars=isolated)
 
 
 def _add_version_header(request: Any, **_: Any) -> None:

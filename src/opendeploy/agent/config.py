@@ -23,6 +23,8 @@
       access_key_id: ...
       secret_access_key: ...
     git_base_url: https://github.com                # where GitHub revisions are fetched from
+    hook_environment:                               # optional: extra variables for every hook
+      APP_ENV: production
 
 Unknown keys are errors (a misspelt key must not silently fall back to a default), and every
 error names the file and the field. A file that other users could read is refused: it holds
@@ -32,6 +34,7 @@ the agent's secret key.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +52,8 @@ __all__ = [
     "ConfigError",
     "S3Config",
     "load_config",
+    "parse_config",
+    "validate_hook_environment",
     "write_config",
 ]
 
@@ -109,6 +114,8 @@ class AgentConfig:
     ca_bundle: Path | None = None
     s3: S3Config | None = None
     git_base_url: str = DEFAULT_GIT_BASE_URL
+    #: Operator-set variables every hook sees (never secrets: hooks may log them).
+    hook_environment: Mapping[str, str] = field(default_factory=dict)
 
     def to_mapping(self) -> dict[str, Any]:
         """The YAML document ``write_config`` writes (includes the secrets)."""
@@ -130,6 +137,8 @@ class AgentConfig:
             data["ca_bundle"] = str(self.ca_bundle)
         if self.s3 is not None:
             data["s3"] = self.s3.to_mapping()
+        if self.hook_environment:
+            data["hook_environment"] = dict(self.hook_environment)
         data["spec_signer_certificate"] = self.spec_signer_certificate
         return data
 
@@ -152,6 +161,24 @@ _OPTIONAL: Final = (
     "ca_bundle",
     "s3",
     "git_base_url",
+    "hook_environment",
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Variables the agent sets itself (codedeploy-spec §7.2); the config may not override them.
+RESERVED_HOOK_VARIABLES: Final = frozenset(
+    {
+        "PATH",
+        "LIFECYCLE_EVENT",
+        "DEPLOYMENT_ID",
+        "APPLICATION_NAME",
+        "DEPLOYMENT_GROUP_NAME",
+        "DEPLOYMENT_GROUP_ID",
+        "BUNDLE_BUCKET",
+        "BUNDLE_KEY",
+        "BUNDLE_VERSION",
+        "BUNDLE_ETAG",
+        "BUNDLE_COMMIT",
+    }
 )
 _S3_KEYS: Final = ("endpoint_url", "region", "access_key_id", "secret_access_key")
 
@@ -233,7 +260,13 @@ def parse_config(data: object, *, file: Path | str = "<config>") -> AgentConfig:
         ca_bundle=ca_bundle,
         s3=reader.s3(),
         git_base_url=reader.text("git_base_url", default=DEFAULT_GIT_BASE_URL),
+        hook_environment=reader.hook_environment(),
     )
+
+
+def validate_hook_environment(value: object, *, file: Path | str) -> dict[str, str]:
+    """``hook_environment`` checked as the config file's would be."""
+    return _Reader(file, {"hook_environment": value}).hook_environment()
 
 
 def write_config(path: Path | str, config: AgentConfig) -> None:
@@ -306,6 +339,22 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise self.fail(key, f"must be a positive number of seconds, not {value!r}")
         return float(value)
+
+    def hook_environment(self) -> dict[str, str]:
+        value = self.data.get("hook_environment") or {}
+        if not isinstance(value, Mapping):
+            raise self.fail("hook_environment", "must be a mapping of NAME: value")
+        result: dict[str, str] = {}
+        for name, item in value.items():
+            where = f"hook_environment.{name}"
+            if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+                raise self.fail(where, "is not a valid environment variable name")
+            if name in RESERVED_HOOK_VARIABLES:
+                raise self.fail(where, "is set by the agent for every hook and cannot be changed")
+            if not isinstance(item, str | int | float) or isinstance(item, bool):
+                raise self.fail(where, f"must be text, not {item!r}")
+            result[name] = str(item)
+        return result
 
     def s3(self) -> S3Config | None:
         value = self.data.get("s3")

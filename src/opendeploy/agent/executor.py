@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from opendeploy.agent import layout
 from opendeploy.agent.appspec_file import read_appspec
@@ -228,13 +228,15 @@ def _bundle(document: Mapping[str, Any]) -> OpenDeployBundle | None:
 # -- outcomes --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """``(succeeded, diagnostics)``: how a command ended, and its Diagnostics payload."""
+
     succeeded: bool
     diagnostics: Mapping[str, Any]
 
     @property
     def status(self) -> str:
+        """The PutHostCommandComplete CommandStatus."""
         return "Succeeded" if self.succeeded else "Failed"
 
 
@@ -495,6 +497,7 @@ class Executor:
     def environment(self, event: str, spec: DeploymentSpec) -> dict[str, str]:
         """The whole environment of ``event``'s scripts."""
         env = {
+            **self.config.hook_environment,
             "PATH": HOOK_PATH,
             "LIFECYCLE_EVENT": event,
             "DEPLOYMENT_ID": spec.deployment_id,

@@ -19,14 +19,29 @@ def agent() -> None:
     """Register this host and run its deployment agent."""
 
 
-def _parse_tags(values: tuple[str, ...]) -> list[dict[str, str]]:
-    tags = []
+def _parse_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    pairs = []
     for value in values:
-        key, separator, tag_value = value.partition("=")
+        key, separator, item = value.partition("=")
         if not separator or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--tag")
-        tags.append({"Key": key, "Value": tag_value})
-    return tags
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint=option)
+        pairs.append((key, item))
+    return pairs
+
+
+def _parse_tags(values: tuple[str, ...]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in _parse_pairs(values, "--tag")]
+
+
+def _parse_hook_environment(values: tuple[str, ...]) -> dict[str, str]:
+    from opendeploy.agent.config import ConfigError, validate_hook_environment
+
+    try:
+        return validate_hook_environment(
+            dict(_parse_pairs(values, "--hook-env")), file="--hook-env"
+        )
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--hook-env") from None
 
 
 def _client_error_text(error: Exception) -> str:
@@ -100,6 +115,13 @@ def fetch_signer_certificate(endpoint: str, ca_bundle: Path | None) -> str:
     default=None,
     help="CA certificates (PEM) the server's TLS certificate must chain to.",
 )
+@click.option(
+    "--hook-env",
+    "hook_env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A variable every hook on this host sees (repeat). Not for secrets.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
 def register(
     endpoint: str,
@@ -110,6 +132,7 @@ def register(
     config_path: Path,
     region: str,
     ca_bundle: Path | None,
+    hook_env: tuple[str, ...],
     force: bool,
 ) -> None:
     """Create this host's agent user and key, register the host, write the agent config.
@@ -126,6 +149,7 @@ def register(
 
     endpoint = endpoint.rstrip("/")
     parsed_tags = _parse_tags(tags)
+    hook_environment = _parse_hook_environment(hook_env)
     if config_path.exists() and not force:
         raise click.ClickException(
             f"{config_path} exists; pass --force to overwrite it (its key would be lost)"
@@ -185,6 +209,7 @@ def register(
             spec_signer_certificate=certificate,
             destination_root=destination_root,
             ca_bundle=ca_bundle.absolute() if ca_bundle is not None else None,
+            hook_environment=hook_environment,
         )
         write_config(config_path, config)
     except (ClientError, BotoCoreError, OSError) as error:

@@ -6,6 +6,7 @@ import click
 
 from opendeploy import __version__
 from opendeploy.cli.admin import admin
+from opendeploy.cli.agent import agent
 from opendeploy.cli.push import push
 from opendeploy.cli.server import db, server
 
@@ -21,6 +22,7 @@ def cli() -> None:
 cli.add_command(server)
 cli.add_command(db)
 cli.add_command(admin)
+cli.add_command(agent)
 cli.add_command(push)
 
 

@@ -96,7 +96,14 @@ def server(
         reconcile_interval=settings.reconcile_interval,
         max_bundle_bytes=settings.max_bundle_bytes,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
 
 
 def _describe_url(url: str) -> str:

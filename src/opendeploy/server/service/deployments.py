@@ -287,6 +287,11 @@ def list_deployments(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, A
         raise ServiceError(
             "ApplicationNameRequiredException", "deploymentGroupName needs applicationName."
         )
+    if app_name and not group_name:
+        # §3.7: the two filters go together or not at all.
+        raise ServiceError(
+            "DeploymentGroupNameRequiredException", "applicationName needs deploymentGroupName."
+        )
     time_range = params.get("createTimeRange") or {}
     start, end = time_range.get("start"), time_range.get("end")
     if start is not None and end is not None and start > end:
