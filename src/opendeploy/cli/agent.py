@@ -10,9 +10,6 @@ import click
 
 __all__ = ["agent"]
 
-SIGNER_PATH = "/agent/spec-signer.pem"
-USER_PREFIX = "opendeploy-agent-"
-
 
 @click.group()
 def agent() -> None:
@@ -29,10 +26,6 @@ def _parse_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _parse_tags(values: tuple[str, ...]) -> list[dict[str, str]]:
-    return [{"Key": key, "Value": value} for key, value in _parse_pairs(values, "--tag")]
-
-
 def _parse_hook_environment(values: tuple[str, ...]) -> dict[str, str]:
     from opendeploy.agent.config import ConfigError, validate_hook_environment
 
@@ -42,46 +35,6 @@ def _parse_hook_environment(values: tuple[str, ...]) -> dict[str, str]:
         )
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--hook-env") from None
-
-
-def _client_error_text(error: Exception) -> str:
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        details = response.get("Error") or {}
-        return f"{details.get('Code')}: {details.get('Message')}"
-    return str(error)
-
-
-def _error_code(error: Exception) -> str:
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return str((response.get("Error") or {}).get("Code") or "")
-    return ""
-
-
-def fetch_signer_certificate(endpoint: str, ca_bundle: Path | None) -> str:
-    """The server's spec signer certificate (PEM), checked to be one."""
-    import ssl
-
-    import httpx
-    from cryptography import x509
-
-    url = endpoint.rstrip("/") + SIGNER_PATH
-    verify = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
-    try:
-        response = httpx.get(url, timeout=30.0, verify=verify)
-    except httpx.HTTPError as error:
-        raise click.ClickException(f"cannot reach {url}: {error}") from None
-    if response.status_code != 200:
-        raise click.ClickException(
-            f"GET {url} answered HTTP {response.status_code}; is this an OpenDeploy server?"
-        )
-    text = response.text
-    try:
-        x509.load_pem_x509_certificate(text.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        raise click.ClickException(f"{url} did not return a PEM certificate") from None
-    return text
 
 
 @agent.command()
@@ -142,13 +95,17 @@ def register(
     """
     import boto3  # type: ignore[import-untyped]
     from botocore.config import Config  # type: ignore[import-untyped]
-    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-    from opendeploy.agent.config import AgentConfig, write_config
-    from opendeploy.core.policies import POLICY_ARNS, Role
+    from opendeploy.agent.config import write_config
+    from opendeploy.agent.registration import (
+        Registration,
+        RegistrationError,
+        fetch_signer_certificate,
+        register_host,
+    )
 
     endpoint = endpoint.rstrip("/")
-    parsed_tags = _parse_tags(tags)
+    parsed_tags = dict(_parse_pairs(tags, "--tag"))
     hook_environment = _parse_hook_environment(hook_env)
     if config_path.exists() and not force:
         raise click.ClickException(
@@ -156,8 +113,6 @@ def register(
         )
     if not root.is_absolute() or not destination_root.is_absolute():
         raise click.ClickException("--root and --destination-root must be absolute paths")
-    certificate = fetch_signer_certificate(endpoint, ca_bundle)
-
     session = boto3.session.Session()
     if session.get_credentials() is None:
         raise click.ClickException(
@@ -171,58 +126,28 @@ def register(
     }
     if ca_bundle is not None:
         options["verify"] = str(ca_bundle)
-    iam = session.client("iam", **options)
-    codedeploy = session.client("codedeploy", **options)
-
-    user_name = USER_PREFIX + instance_name
-    key_id: str | None = None
+    registration = Registration(
+        endpoint=endpoint,
+        instance_name=instance_name,
+        root=root,
+        destination_root=destination_root,
+        region=region,
+        tags=parsed_tags,
+        hook_environment=hook_environment,
+        ca_bundle=ca_bundle,
+    )
     try:
-        try:
-            user = iam.create_user(UserName=user_name)["User"]
-            click.echo(f"created IAM user {user['Arn']}")
-        except ClientError as error:
-            if _error_code(error) != "EntityAlreadyExists":
-                raise
-            user = iam.get_user(UserName=user_name)["User"]
-            click.echo(f"reusing the existing IAM user {user['Arn']}")
-        iam.attach_user_policy(UserName=user_name, PolicyArn=POLICY_ARNS[Role.AGENT])
-        click.echo(f"attached {POLICY_ARNS[Role.AGENT]}")
-        key = iam.create_access_key(UserName=user_name)["AccessKey"]
-        key_id = key["AccessKeyId"]
-        click.echo(f"created access key {key_id}")
-        codedeploy.register_on_premises_instance(instanceName=instance_name, iamUserArn=user["Arn"])
-        click.echo(f"registered on-premises instance {instance_name}")
-        if parsed_tags:
-            codedeploy.add_tags_to_on_premises_instances(
-                tags=parsed_tags, instanceNames=[instance_name]
-            )
-            shown = ", ".join(f"{tag['Key']}={tag['Value']}" for tag in parsed_tags)
-            click.echo(f"tagged it {shown}")
-        config = AgentConfig(
-            endpoint=endpoint,
-            region=region,
-            instance_name=instance_name,
-            host_identifier=user["Arn"],
-            access_key_id=key_id,
-            secret_access_key=key["SecretAccessKey"],
-            root_dir=root,
-            spec_signer_certificate=certificate,
-            destination_root=destination_root,
-            ca_bundle=ca_bundle.absolute() if ca_bundle is not None else None,
-            hook_environment=hook_environment,
+        certificate = fetch_signer_certificate(endpoint, ca_bundle)
+        config = register_host(
+            session.client("iam", **options),
+            session.client("codedeploy", **options),
+            registration,
+            certificate=certificate,
+            report=click.echo,
         )
         write_config(config_path, config)
-    except (ClientError, BotoCoreError, OSError) as error:
-        if key_id is not None:
-            try:
-                iam.delete_access_key(UserName=user_name, AccessKeyId=key_id)
-                click.echo(f"deleted access key {key_id} again", err=True)
-            except (ClientError, BotoCoreError):
-                click.echo(f"could not delete access key {key_id}; delete it by hand", err=True)
-        raise click.ClickException(
-            f"registration failed: {_client_error_text(error)}"
-            + (f" (IAM user {user_name} is left in place; a re-run reuses it)" if key_id else "")
-        ) from None
+    except (RegistrationError, OSError) as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"wrote {config_path} (mode 0600)")
     click.echo(f"start the agent with: opendeploy agent run --config {config_path}")
 

@@ -173,7 +173,23 @@ class AgentService:
                     "BundleType": "tar",
                 },
             }
+        bundle = self._own_bundle(revision)
+        if bundle is not None:
+            spec["OpenDeploy"] = {"Bundle": bundle}
         return spec
+
+    def _own_bundle(self, revision: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Where the agent downloads a bundle kept in this server's own store."""
+        bundles = self.ctx.bundles
+        sha256 = None if bundles is None else sha256_from_location(bundles, revision)
+        if bundles is None or sha256 is None:
+            return None
+        return {
+            "Path": f"/agent/bundles/{sha256}",
+            "Sha256": sha256,
+            "Size": bundles.size(sha256),
+            "BundleType": "tgz",
+        }
 
     def may_download(self, host: Host, sha256: str) -> bool:
         """Whether a deployment that targeted this host uses the bundle."""
