@@ -156,6 +156,7 @@ def deploy(executor: Executor, spec: DeploymentSpec, *events: str) -> list[dict[
         outcome = executor.execute(event, spec, host_command_id=f"hc-{spec.deployment_id}-{event}")
         results.append(dict(outcome.diagnostics))
         assert outcome.succeeded == (outcome.diagnostics["error_code"] == 0)
+    executor.drain_logs(timeout=10)
     return results
 
 

@@ -196,6 +196,9 @@ class FakeExecutor:
             self.block.wait(10)
         return self.outcome
 
+    def drain_logs(self, timeout: float | None = None) -> None:
+        self.drained = True
+
     def abort(self) -> None:
         self.aborted = True
 

@@ -37,8 +37,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
-from conftest import POSTGRES_ENV, REGION, RunningServer, start_server
 
+from conftest import POSTGRES_ENV, REGION, RunningServer, start_server
 from opendeploy.store.database import make_sqlite_url
 from opendeploy.wire import COMMANDS_SERVICE, DATA_PATH, EXTENSIONS_SERVICE
 
@@ -48,6 +48,7 @@ __all__ = [
     "DEPLOYER_POLICY",
     "EVENTS",
     "READER_POLICY",
+    "SUCCESS_PAYLOAD",
     "TERMINAL",
     "Concurrency",
     "Failure",
@@ -224,7 +225,9 @@ class Failure:
         )
 
 
-SUCCESS_PAYLOAD = json.dumps({"error_code": 0, "script_name": "", "message": "Succeeded", "log": ""})
+SUCCESS_PAYLOAD = json.dumps(
+    {"error_code": 0, "script_name": "", "message": "Succeeded", "log": ""}
+)
 
 
 @dataclass

@@ -279,6 +279,7 @@ class Executor:
         self.root = config.root_dir
         self.s3_client_factory = s3_client_factory or self._default_s3_client
         self.log_flush_interval = log_flush_interval
+        self._uploaders: list[LogUploader] = []
         self.kill_grace = kill_grace
 
     # -- public ------------------------------------------------------------------------------
@@ -319,6 +320,11 @@ class Executor:
         except Exception as exc:
             log.exception("%s failed unexpectedly", command_name)
             return failure(f"{command_name} failed: {type(exc).__name__}: {exc}")
+
+    def drain_logs(self, timeout: float | None = None) -> None:
+        """Wait until every finished hook's log has reached the server (or ``timeout``)."""
+        for uploader in self._uploaders:
+            uploader.wait(timeout)
 
     def abort(self) -> None:
         """Kill the process group of every running hook (second shutdown signal)."""
@@ -488,6 +494,7 @@ class Executor:
                 )
         finally:
             uploader.close()
+            self._uploaders = [u for u in self._uploaders if u.sending] + [uploader]
         if outcome.succeeded:
             log.info("%s: %d script(s) succeeded in %.1f s", event, len(hooks), outcome.duration)
             return SUCCESS
@@ -557,10 +564,27 @@ class LogUploader:
             self.flush()
 
     def close(self) -> None:
+        """Stop streaming and send the rest in the background.
+
+        The command's completion does not wait for its log: the full log is on disk, and the
+        last chunk reaches the server moments later.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.flush(final=True)
+        self._thread = threading.Thread(
+            target=self.flush, kwargs={"final": True}, name="log-upload-final", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def sending(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the final chunk is sent (tests, shutdown)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def flush(self, *, final: bool = False) -> None:
         with self._lock:

@@ -56,6 +56,9 @@ __all__ = [
     "current_deployment",
 ]
 
+#: Verified deployment specifications kept, by execution id.
+_SPEC_CACHE_SIZE = 16
+
 log = logging.getLogger(__name__)
 
 NOOP_DIAGNOSTICS: Final[Mapping[str, Any]] = {
@@ -143,6 +146,7 @@ class Agent:
         self.min_poll_interval = min_poll_interval
         self.certificate = load_certificate(config.spec_signer_certificate)
         self.poll_errors = 0
+        self._specs: dict[str, DeploymentSpec] = {}
         self._recovered = False
         self._stopping = False
         self._killed = False
@@ -214,6 +218,8 @@ class Agent:
         )
         while not self._stopping:
             self.step()
+        if not self._killed:
+            self.executor.drain_logs(timeout=10)
         return 2 if self._killed else 0
 
     def step(self) -> Step:
@@ -294,6 +300,9 @@ class Agent:
         self, command_id: str, name: str, execution_id: str
     ) -> DeploymentSpec | None:
         log.info("%s: received (%s)", name, command_id)
+        cached = self._specs.get(execution_id)
+        if cached is not None:
+            return cached
         try:
             response = self.client.get_deployment_specification(execution_id)
         except Aborted:
@@ -314,12 +323,16 @@ class Agent:
             return None
         envelope = (response.get("DeploymentSpecification") or {}).get("GenericEnvelope")
         try:
-            document = verify_envelope(envelope, self.certificate)
-            return DeploymentSpec.parse(document)
+            spec = DeploymentSpec.parse(verify_envelope(envelope, self.certificate))
         except (EnvelopeError, SpecError) as exc:
             log.error("%s: refusing the deployment specification: %s", name, exc)
             self._complete(command_id, failure(f"Invalid deployment specification: {exc}"))
             return None
+        # A deployment's specification never changes: its next commands reuse this one.
+        if len(self._specs) >= _SPEC_CACHE_SIZE:
+            self._specs.pop(next(iter(self._specs)))
+        self._specs[execution_id] = spec
+        return spec
 
     def _acknowledge_and_run(self, command_id: str, name: str, spec: DeploymentSpec) -> None:
         try:

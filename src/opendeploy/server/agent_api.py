@@ -119,7 +119,8 @@ class AgentApi:
             host = await run_in_threadpool(service.host, caller, params.get("HostIdentifier"))
             command = await self._long_poll(host)
             return {"HostCommand": command} if command is not None else {}
-        host = await run_in_threadpool(service.host, caller)
+        # GetDeploymentSpecification names its host too: it must be the caller's, as in a poll.
+        host = await run_in_threadpool(service.host, caller, params.get("HostIdentifier"))
         command_id = params.get("HostCommandIdentifier")
         if operation == "GetDeploymentSpecification":
             return await run_in_threadpool(

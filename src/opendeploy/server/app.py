@@ -68,7 +68,7 @@ def create_app(
     with context.db.write() as connection:
         signer = SpecSigner.load_or_create(connection, context.secrets, now=dt.datetime.now(dt.UTC))
     agent = AgentApi(
-        AgentService(context, signer),
+        AgentService(context, signer, contact_interval=min(5.0, heartbeat_timeout / 4)),
         Authenticator(context.db, context.secrets),
         hub,
         long_poll_seconds=long_poll_seconds,

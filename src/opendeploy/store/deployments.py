@@ -40,6 +40,7 @@ __all__ = [
     "by_id",
     "command_by_id",
     "create",
+    "has_waiting_command",
     "health_of",
     "ids",
     "last_contacts",
@@ -341,6 +342,27 @@ def command_by_id(connection: Connection, command_id: str) -> HostCommand | None
     return None if row is None else _command(row)
 
 
+def _waiting(instance_name: str, now: float, redeliver_after: float) -> Any:
+    return and_(
+        host_commands.c.instance_name == instance_name,
+        host_commands.c.status == CommandStatus.PENDING.value,
+        or_(
+            host_commands.c.dispatched_time.is_(None),
+            host_commands.c.dispatched_time < now - redeliver_after,
+        ),
+    )
+
+
+def has_waiting_command(
+    connection: Connection, instance_name: str, *, now: float, redeliver_after: float
+) -> bool:
+    """A cheap read: is there anything ``next_command_for`` would hand over?"""
+    row = connection.execute(
+        select(host_commands.c.id).where(_waiting(instance_name, now, redeliver_after)).limit(1)
+    ).first()
+    return row is not None
+
+
 def next_command_for(
     connection: Connection, instance_name: str, *, now: float, redeliver_after: float
 ) -> HostCommand | None:
@@ -349,16 +371,10 @@ def next_command_for(
     A command handed over but never acknowledged is handed over again after
     ``redeliver_after`` seconds (the agent may have died before it could ack).
     """
+    waiting = _waiting(instance_name, now, redeliver_after)
     row = connection.execute(
         select(host_commands)
-        .where(
-            host_commands.c.instance_name == instance_name,
-            host_commands.c.status == CommandStatus.PENDING.value,
-            or_(
-                host_commands.c.dispatched_time.is_(None),
-                host_commands.c.dispatched_time < now - redeliver_after,
-            ),
-        )
+        .where(waiting)
         .order_by(host_commands.c.created_time, host_commands.c.id)
         .limit(1)
     ).first()
@@ -366,14 +382,7 @@ def next_command_for(
         return None
     claimed = connection.execute(
         update(host_commands)
-        .where(
-            host_commands.c.id == row.id,
-            host_commands.c.status == CommandStatus.PENDING.value,
-            or_(
-                host_commands.c.dispatched_time.is_(None),
-                host_commands.c.dispatched_time < now - redeliver_after,
-            ),
-        )
+        .where(host_commands.c.id == row.id, waiting)
         .values(dispatched_time=now)
     )
     if not claimed.rowcount:

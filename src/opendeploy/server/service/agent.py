@@ -7,6 +7,7 @@ only host it may act for, and it sees only that host's commands.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,9 +65,29 @@ def _parse_diagnostics(diagnostics: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 class AgentService:
-    def __init__(self, ctx: ServiceContext, signer: SpecSigner) -> None:
+    """The agent API's use cases.
+
+    Two things every request would otherwise pay for are kept briefly in memory: which
+    instance an agent user stands for (``host_ttl``; a deregistration takes effect within
+    it) and when a host was last heard of (written at most every ``contact_interval``; the
+    heartbeat timeout is many times longer).
+    """
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        signer: SpecSigner,
+        *,
+        host_ttl: float = 5.0,
+        contact_interval: float = 5.0,
+    ) -> None:
         self.ctx = ctx
         self.signer = signer
+        self.host_ttl = host_ttl
+        self.contact_interval = contact_interval
+        self._hosts: dict[str, tuple[float, Host]] = {}
+        self._contacts: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def host(self, caller: Caller, host_identifier: str | None = None) -> Host:
         """The instance registered to the caller; the identifier it polls with must be its own."""
@@ -74,19 +95,43 @@ class AgentService:
             raise _client_error(
                 f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
             )
+        now = self.ctx.clock()
+        cached = self._hosts.get(caller.arn)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         with self.ctx.db.read() as connection:
             instance = instance_store.find_by_arn(connection, user_arn=caller.arn)
         if instance is None:
             raise _client_error(
                 f"No registered on-premises instance has the IAM user ARN {caller.arn}."
             )
-        return Host(instance=instance, identifier=caller.arn)
+        host = Host(instance=instance, identifier=caller.arn)
+        with self._lock:
+            self._hosts[caller.arn] = (now + self.host_ttl, host)
+        return host
+
+    def _contact_due(self, name: str, now: float) -> bool:
+        """Whether the host's last contact should be written now (and note that it is)."""
+        with self._lock:
+            if now - self._contacts.get(name, float("-inf")) < self.contact_interval:
+                return False
+            self._contacts[name] = now
+            return True
 
     def claim(self, host: Host) -> dict[str, Any] | None:
         """The next command for the host (marked handed over), or None; records contact."""
         now = self.ctx.clock()
+        name = host.instance.name
+        contact_due = self._contact_due(name, now)
+        if not contact_due:
+            with self.ctx.db.read() as connection:
+                if not store.has_waiting_command(
+                    connection, name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
+                ):
+                    return None
         with self.ctx.db.write() as connection:
-            store.record_contact(connection, host.instance.name, now)
+            if contact_due:
+                store.record_contact(connection, name, now)
             command = store.next_command_for(
                 connection,
                 host.instance.name,
@@ -204,8 +249,12 @@ class AgentService:
         command = self._command(host, command_id)
         if command.status in (CommandStatus.SUCCEEDED, CommandStatus.FAILED):
             return {"CommandStatus": command.status.value}
-        feed(self.ctx, command.deployment_id, CommandAcked(command.command_id))
-        self._touch(host)
+        feed(
+            self.ctx,
+            command.deployment_id,
+            CommandAcked(command.command_id),
+            contact=host.instance.name,
+        )
         return {"CommandStatus": CommandStatus.IN_PROGRESS.value}
 
     def complete(
@@ -230,8 +279,8 @@ class AgentService:
                 message=str(details.get("message") or ""),
                 log_tail=str(details.get("log") or "")[-4096:],
             ),
+            contact=host.instance.name,
         )
-        self._touch(host)
         return {}
 
     def update(self, host: Host, command_id: str | None) -> dict[str, Any]:

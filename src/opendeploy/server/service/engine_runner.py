@@ -33,9 +33,16 @@ def wake(ctx: ServiceContext, decision: Decision) -> None:
         ctx.notifier.notify(hosts)
 
 
-def feed(ctx: ServiceContext, deployment_id: str, event: Event) -> Decision:
-    """Apply ``event`` in its own transaction and wake the hosts that got work."""
+def feed(
+    ctx: ServiceContext, deployment_id: str, event: Event, *, contact: str | None = None
+) -> Decision:
+    """Apply ``event`` in its own transaction and wake the hosts that got work.
+
+    ``contact`` names a host heard from by this event (recorded in the same transaction).
+    """
     with ctx.db.write() as connection:
         decision = feed_in(ctx, connection, deployment_id, event)
+        if contact is not None:
+            store.record_contact(connection, contact, ctx.clock())
     wake(ctx, decision)
     return decision
