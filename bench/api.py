@@ -69,7 +69,9 @@ def _server(database_url: str) -> Iterator[tuple[str, configparser.SectionProxy]
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"server exited {process.poll()}: " + process.stderr.read().decode())
+                    raise RuntimeError(
+                        f"server exited {process.poll()}: " + process.stderr.read().decode()
+                    )
                 time.sleep(0.1)
             credentials = configparser.ConfigParser()
             credentials.read(Path(data_dir) / "admin-credentials")

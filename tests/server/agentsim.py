@@ -18,14 +18,17 @@ import mode puts the test file's directory on ``sys.path``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import botocore.session
@@ -38,7 +41,6 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from conftest import POSTGRES_ENV, REGION, RunningServer, start_server
 from opendeploy.store.database import make_sqlite_url
 from opendeploy.wire import COMMANDS_SERVICE, DATA_PATH, EXTENSIONS_SERVICE
 
@@ -86,6 +88,29 @@ EVENTS = (
     "ValidateService",
 )
 TERMINAL = frozenset({"Succeeded", "Failed", "Stopped"})
+
+
+def _root_conftest() -> ModuleType:
+    """tests/conftest.py, loaded by path: without packages, pytest imports every conftest.py as
+    module ``conftest`` and drops the previous one from ``sys.modules``, so ``import conftest``
+    may find another directory's (tests/e2e/conftest.py, say)."""
+    name = "_opendeploy_root_conftest"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(__file__).resolve().parents[1] / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _root_conftest()
+POSTGRES_ENV: str = _conftest.POSTGRES_ENV
+REGION: str = _conftest.REGION
+RunningServer = _conftest.RunningServer
+start_server = _conftest.start_server
 
 _SESSION_LOCK = threading.Lock()
 _SESSION: Any = None

@@ -469,6 +469,14 @@ def test_bundle_push_and_download(fleet: Fleet, site: Site) -> None:
     group = fleet.group()
     [targeted] = fleet.hosts(group, 1)
     [outsider] = fleet.hosts(None, 1)
+    never_pushed = {**location, "key": f"bundles/{'0' * 64}.tgz", "eTag": "0" * 64}
+    _client_error(
+        site.codedeploy.create_deployment,
+        "RevisionDoesNotExistException",
+        applicationName=group.application,
+        deploymentGroupName=group.name,
+        revision={"revisionType": "S3", "s3Location": never_pushed},
+    )
     group.deploy(revision)
     client = agentsim.agent_client(site.server, targeted)
     _, document, _ = agentsim.open_envelope(

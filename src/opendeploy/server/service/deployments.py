@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from opendeploy.bundles.store import sha256_from_location
 from opendeploy.core.deployments import Deployment, DeploymentStatus, InstanceTarget, TargetStatus
 from opendeploy.core.engine import Started, StopRequested
 from opendeploy.core.errors import Conflict, ServiceError
@@ -133,6 +134,19 @@ def _previous_revision(connection: Connection, group_id: str) -> Any:
     return None
 
 
+def _require_pushed_bundle(ctx: ServiceContext, revision: Mapping[str, Any]) -> None:
+    """A revision in the server's own bundle store must name a bundle that was pushed: agents
+    could never download it (and its specification could not say where from). Checked outside
+    the write transaction, as an S3-backed store answers over the network."""
+    bundles = ctx.bundles
+    sha256 = None if bundles is None else sha256_from_location(bundles, revision)
+    if bundles is not None and sha256 is not None and not bundles.exists(sha256):
+        raise ServiceError(
+            "RevisionDoesNotExistException",
+            f"No bundle {sha256} has been pushed to this server's bundle store.",
+        )
+
+
 def create_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
     if not params.get("deploymentGroupName"):
         raise ServiceError(
@@ -143,6 +157,8 @@ def create_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
             "InvalidTargetInstancesException",
             "targetInstances applies only to blue/green deployments.",
         )
+    if params.get("revision"):
+        _require_pushed_bundle(ctx, params["revision"])
     deployment_id = _new_deployment_id()
     with ctx.db.write() as connection:
         app = require_application(connection, params.get("applicationName"))

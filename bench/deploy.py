@@ -1,0 +1,161 @@
+"""Deployment benchmark: the reference bundle to N real agents, beside Ansible on the same work.
+
+One real ``opendeploy server`` and 50 real ``opendeploy agent`` processes on this machine
+(each with its own deployment root and destination root). For every N and config it times
+CreateDeployment -> Succeeded (one deployment group per N, each warmed up by one untimed deployment,
+so every timed one also runs the previous revision's ApplicationStop), then runs
+``../shared/bench/anchors/ansible/run.sh`` for the same N (up to --ansible-max) in the same
+run. Prints one line per measurement:
+
+    opendeploy hosts=N config=AllAtOnce wall_s=... per_host_ms=...
+    ansible hosts=N batch=100% wall_s=... per_host_ms=...
+    ratio hosts=N config=AllAtOnce ansible_per_opendeploy=...x
+
+Usage: python bench/deploy.py [--hosts 1,10,50] [--configs AllAtOnce,OneAtATime]
+       [--ansible-max 10] [--database-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from opendeploy.cli.push import push_directory
+from opendeploy.localfleet import LocalFleet, start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "bench"
+BUNDLE = SHARED / "reference-bundle"
+ANSIBLE = SHARED / "anchors" / "ansible" / "run.sh"
+ANSIBLE_BATCH = {"AllAtOnce": "100%", "OneAtATime": "1"}
+
+
+def _wait(codedeploy: Any, deployment_id: str, timeout: float = 600.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info: dict[str, Any] = codedeploy.get_deployment(deploymentId=deployment_id)[
+            "deploymentInfo"
+        ]
+        if info["status"] in ("Succeeded", "Failed", "Stopped"):
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{deployment_id} still {info['status']} after {timeout} s")
+        time.sleep(0.01)
+
+
+def _deploy(codedeploy: Any, group: str, config: str, revision: dict[str, Any]) -> float:
+    start = time.perf_counter()
+    deployment_id = codedeploy.create_deployment(
+        applicationName="bench",
+        deploymentGroupName=group,
+        deploymentConfigName=f"CodeDeployDefault.{config}",
+        revision=revision,
+        # The groups of different N share hosts and the destination: let each take it over.
+        fileExistsBehavior="OVERWRITE",
+    )["deploymentId"]
+    info = _wait(codedeploy, deployment_id)
+    wall = time.perf_counter() - start
+    if info["status"] != "Succeeded":
+        raise RuntimeError(
+            f"{deployment_id} ended {info['status']}: {info.get('errorInformation')}"
+        )
+    return wall
+
+
+def _ansible(hosts: int, config: str) -> float | None:
+    batch = ANSIBLE_BATCH[config]
+    forks = "1" if batch == "1" else str(max(hosts, 1))
+    result = subprocess.run(
+        ["bash", str(ANSIBLE), str(hosts), forks, batch], capture_output=True, text=True
+    )
+    match = re.search(r"wall_s=([0-9.]+)", result.stdout)
+    if result.returncode != 0 or match is None:
+        print(f"ansible hosts={hosts} batch={batch} failed: {result.stdout[-500:]}", flush=True)
+        return None
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", default="1,10,50")
+    parser.add_argument("--configs", default="AllAtOnce,OneAtATime")
+    parser.add_argument("--ansible-max", type=int, default=10)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+    sizes = sorted({int(n) for n in args.hosts.split(",")})
+    configs = args.configs.split(",")
+
+    work = Path(tempfile.mkdtemp(prefix="od-bench-deploy-"))
+    server_args = ["--long-poll-seconds", "30"]
+    if args.database_url:
+        server_args += ["--database-url", args.database_url]
+    server = start_server(work / "server", args=server_args)
+    fleet = LocalFleet(server, work / "hosts")
+    try:
+        start = time.perf_counter()
+        for index in range(max(sizes)):
+            tags = {f"in-{n}": "yes" for n in sizes if index < n}
+            fleet.add_hosts(
+                1, prefix="bench", tags=tags, hook_environment={"HOOK_LOG": "{home}/hooks.log"}
+            )
+        print(
+            f"# {max(sizes)} agents registered and started in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
+        time.sleep(2.0)
+        codedeploy = server.client("codedeploy")
+        codedeploy.create_application(applicationName="bench")
+        os.environ["AWS_ACCESS_KEY_ID"] = server.access_key_id
+        os.environ["AWS_SECRET_ACCESS_KEY"] = server.secret_access_key
+        revision = push_directory(
+            BUNDLE,
+            application="bench",
+            description="reference bundle",
+            endpoint=server.endpoint,
+            region="us-east-1",
+        )
+        for n in sizes:
+            group = f"n{n}"
+            codedeploy.create_deployment_group(
+                applicationName="bench",
+                deploymentGroupName=group,
+                serviceRoleArn="arn:aws:iam::000000000000:role/bench",
+                onPremisesInstanceTagFilters=[
+                    {"Key": f"in-{n}", "Value": "yes", "Type": "KEY_AND_VALUE"}
+                ],
+            )
+            _deploy(codedeploy, group, "AllAtOnce", revision)
+            for config in configs:
+                wall = _deploy(codedeploy, group, config, revision)
+                print(
+                    f"opendeploy hosts={n} config={config} wall_s={wall:.3f} "
+                    f"per_host_ms={wall / n * 1000:.1f}",
+                    flush=True,
+                )
+                if n > args.ansible_max:
+                    continue
+                ansible = _ansible(n, config)
+                if ansible is None:
+                    continue
+                print(
+                    f"ansible hosts={n} batch={ANSIBLE_BATCH[config]} wall_s={ansible:.3f} "
+                    f"per_host_ms={ansible / n * 1000:.1f}",
+                    flush=True,
+                )
+                print(
+                    f"ratio hosts={n} config={config} ansible_per_opendeploy={ansible / wall:.1f}x",
+                    flush=True,
+                )
+    finally:
+        fleet.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
