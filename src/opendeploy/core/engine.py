@@ -48,6 +48,7 @@ __all__ = [
     "Snapshot",
     "Started",
     "StopRequested",
+    "command_id",
     "decide",
 ]
 
@@ -336,11 +337,16 @@ def _finish_instance(work: _Work, target: InstanceTarget, *, succeeded: bool) ->
     work.health.append(HealthUpdate(target.instance_name, succeeded, identity))
 
 
+def command_id(deployment_id: str, position: int, event_index: int) -> str:
+    """The id of the host command running event ``event_index`` on target ``position``."""
+    return f"hc-{deployment_id}-{position}-{event_index}"
+
+
 def _issue_command(work: _Work, target: InstanceTarget, event_name: str) -> None:
     index = [e.name for e in target.events].index(event_name)
     work.set_command(
         HostCommand(
-            command_id=f"hc-{target.deployment_id}-{target.position}-{index}",
+            command_id=command_id(target.deployment_id, target.position, index),
             deployment_id=target.deployment_id,
             instance_name=target.instance_name,
             event=event_name,

@@ -29,8 +29,14 @@ from opendeploy.server.query_protocol import (
     serialize_query_response,
 )
 from opendeploy.server.service.context import Caller, ServiceContext
-from opendeploy.server.service.registry import CODEDEPLOY_OPERATIONS, IAM_OPERATIONS, Handler
+from opendeploy.server.service.registry import (
+    CODEDEPLOY_OPERATIONS,
+    IAM_OPERATIONS,
+    OPENDEPLOY_OPERATIONS,
+    Handler,
+)
 from opendeploy.store import identities
+from opendeploy.wire import PUBLIC_EXTENSIONS_SERVICE, service_model
 
 __all__ = ["PublicApi"]
 
@@ -92,6 +98,11 @@ class PublicApi:
         self.context = context
         self.max_request_bytes = max_request_bytes
         self.codedeploy = JsonProtocol(load_service_model("codedeploy"), strict=strict_shapes)
+        extensions = JsonProtocol(service_model(PUBLIC_EXTENSIONS_SERVICE), strict=strict_shapes)
+        self.json_services: dict[str, tuple[JsonProtocol, Mapping[str, Handler]]] = {
+            self.codedeploy.target_prefix + ".": (self.codedeploy, CODEDEPLOY_OPERATIONS),
+            extensions.target_prefix + ".": (extensions, OPENDEPLOY_OPERATIONS),
+        }
         self.iam_model = iam_service_model()
         self.authenticator = Authenticator(context.db, context.secrets)
         self.agent = agent
@@ -160,23 +171,31 @@ class PublicApi:
     async def _json(
         self, request: Request, body: bytes, target: str | None, request_id: str
     ) -> Response:
-        prefix = self.codedeploy.target_prefix + "."
-        if not target or not target.startswith(prefix):
+        found = next(
+            (
+                (prefix, protocol, operations)
+                for prefix, (protocol, operations) in self.json_services.items()
+                if target and target.startswith(prefix)
+            ),
+            None,
+        )
+        if target is None or found is None:
+            expected = " or ".join(f"{prefix}<Operation>" for prefix in self.json_services)
             raise ServiceError(
                 "UnknownOperationException",
-                f"X-Amz-Target {target!r} is not an operation of this server; "
-                f"expected {prefix}<Operation>.",
+                f"X-Amz-Target {target!r} is not an operation of this server; expected {expected}.",
             )
-        operation = self.codedeploy.operation(target[len(prefix) :])
+        prefix, protocol, operations = found
+        operation = protocol.operation(target[len(prefix) :])
         caller = await self._authenticate(request, body, PUBLIC, request_id)
         await self._authorize(caller, PUBLIC, operation.name, request_id)
         params = _json_body(body)
-        handler = CODEDEPLOY_OPERATIONS.get(operation.name)
+        handler = operations.get(operation.name)
         if handler is None:
             raise NotImplementedOperation(operation.name)
-        self.codedeploy.validate_input(operation, params)
+        protocol.validate_input(operation, params)
         result = await self._run(handler, caller, operation.name, params, request_id)
-        payload = self.codedeploy.serialize_output(operation, result)
+        payload = protocol.serialize_output(operation, result)
         return Response(
             json.dumps(payload, separators=(",", ":")),
             media_type=JSON_CONTENT_TYPE,

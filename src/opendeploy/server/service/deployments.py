@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from opendeploy.bundles.store import sha256_from_location
 from opendeploy.core.deployments import Deployment, DeploymentStatus, InstanceTarget, TargetStatus
-from opendeploy.core.engine import Started, StopRequested
+from opendeploy.core.engine import Started, StopRequested, command_id
 from opendeploy.core.errors import Conflict, ServiceError
 from opendeploy.core.lifecycle import events_for
 from opendeploy.core.model import Application, DeploymentGroup
@@ -39,6 +39,7 @@ __all__ = [
     "get_deployment",
     "get_deployment_instance",
     "get_deployment_target",
+    "get_lifecycle_event_log",
     "list_deployment_instances",
     "list_deployment_targets",
     "list_deployments",
@@ -525,3 +526,32 @@ def list_deployment_instances(ctx: ServiceContext, params: dict[str, Any]) -> di
     if "nextToken" in page:
         result["nextToken"] = page["nextToken"]
     return result
+
+
+def get_lifecycle_event_log(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
+    """The full output of one lifecycle event on one target, from ``offset`` on."""
+    target_id, event_name = params.get("targetId"), params.get("lifecycleEventName")
+    offset = params.get("offset") or 0
+    with ctx.db.read() as connection:
+        _, targets = _targets_by_name(connection, params)
+        target = targets.get(str(target_id))
+        if target is None:
+            raise ServiceError(
+                "DeploymentTargetDoesNotExistException",
+                f"The target {target_id} is not part of this deployment.",
+            )
+        names = [event.name for event in target.events]
+        if event_name not in names:
+            raise ServiceError(
+                "LifecycleEventDoesNotExistException",
+                f"{event_name!r} is not a lifecycle event of this deployment; "
+                f"its events are {', '.join(names)}.",
+            )
+        log_id = command_id(target.deployment_id, target.position, names.index(event_name))
+        text = store.log_of(connection, log_id) or ""
+    return {
+        "log": text[offset:],
+        "offset": offset,
+        "size": len(text),
+        "status": target.event(str(event_name)).status.value,
+    }

@@ -17,7 +17,7 @@ from opendeploy.server.service import (
 )
 from opendeploy.server.service.context import ServiceContext
 
-__all__ = ["CODEDEPLOY_OPERATIONS", "IAM_OPERATIONS", "Handler"]
+__all__ = ["CODEDEPLOY_OPERATIONS", "IAM_OPERATIONS", "OPENDEPLOY_OPERATIONS", "Handler"]
 
 Handler = Callable[[ServiceContext, dict[str, Any]], dict[str, Any]]
 
@@ -76,4 +76,9 @@ IAM_OPERATIONS: Mapping[str, Handler] = {
     "AttachUserPolicy": iam.attach_user_policy,
     "DetachUserPolicy": iam.detach_user_policy,
     "ListAttachedUserPolicies": iam.list_attached_user_policies,
+}
+
+#: Our extensions of the public API (target prefix ``OpenDeploy_20261126``).
+OPENDEPLOY_OPERATIONS: Mapping[str, Handler] = {
+    "GetLifecycleEventLog": deployments.get_lifecycle_event_log,
 }
