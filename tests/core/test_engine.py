@@ -159,9 +159,11 @@ def new_snapshot(
 class Sim:
     """Plays the store: feeds events, applies decisions, remembers what was issued."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, *, offline: Sequence[str] = ()) -> None:
         self.snapshot = snapshot
         self.now = T0
+        #: Hosts whose agents never poll: their commands are never handed over.
+        self.offline = set(offline)
         #: Every command ever issued, by (host, event).
         self.issued: dict[tuple[str, str], str] = {}
         #: Hosts in the order they received their first command.
@@ -248,6 +250,9 @@ class Sim:
             assert held is None or held.command_id == command.command_id, (
                 f"a second open command for {command.instance_name}"
             )
+            if command.dispatched_time is None and command.instance_name not in self.offline:
+                # Agents poll all the time: a new command is in its agent's hands at once.
+                command = replace(command, dispatched_time=self.now)
             commands[command.instance_name] = command
             if held is None:
                 key = (command.instance_name, command.event)
@@ -301,9 +306,13 @@ class Sim:
 
 
 def sim_for(
-    hosts: Sequence[str | Mapping[str, str]], config: Any = ONE_AT_A_TIME, **kw: Any
+    hosts: Sequence[str | Mapping[str, str]],
+    config: Any = ONE_AT_A_TIME,
+    *,
+    offline: Sequence[str] = (),
+    **kw: Any,
 ) -> Sim:
-    return Sim(new_snapshot(hosts, config, **kw))
+    return Sim(new_snapshot(hosts, config, **kw), offline=offline)
 
 
 def started_sim(hosts: Sequence[str], config: Any = ONE_AT_A_TIME, **kw: Any) -> Sim:
@@ -400,6 +409,7 @@ def test_scenario(path: Path) -> None:
         events=case.get("events", EVENTS),
         ignore_application_stop_failures=case.get("ignore_application_stop_failures", False),
         outdated_only=case.get("update_outdated_instances_only", False),
+        offline=case.get("offline_hosts", ()),
     )
     for step in case["steps"]:
         run_step(sim, step)
@@ -422,7 +432,7 @@ ALLOWED: dict[type[StrEnum], dict[str, set[str]]] = {
     },
     TargetStatus: {
         "Pending": {"InProgress", "Skipped"},
-        "InProgress": {"Succeeded", "Failed", "Ready"},
+        "InProgress": {"Succeeded", "Failed", "Ready", "Skipped"},
         "Ready": {"InProgress", "Succeeded", "Failed"},
         "Succeeded": set(),
         "Failed": set(),

@@ -15,9 +15,9 @@ from e2e_support import Environment
 
 
 @pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    Environment
-]:
+def e2e(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Environment]:
     hosts = getattr(request.module, "E2E_HOSTS", 3)
     environment = Environment.start(tmp_path_factory.mktemp("e2e"), hosts=hosts)
     yield environment

@@ -27,13 +27,15 @@ import tarfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import yaml
+from botocore.config import Config
 
 from opendeploy.cli.push import push_directory
 from opendeploy.httpsign import signed_headers
@@ -230,7 +232,17 @@ class Environment:
             args=["--long-poll-seconds", "10", "--heartbeat-timeout", "30"],
         )
         fleet = LocalFleet(server, workdir / "fleet")
-        environment = cls(server, fleet, workdir, server.client("codedeploy"))
+        # No retries: a retried CreateDeployment whose first try failed late hides the real
+        # error behind "already has an active deployment".
+        codedeploy = boto3.session.Session().client(
+            "codedeploy",
+            endpoint_url=server.endpoint,
+            region_name=REGION,
+            aws_access_key_id=server.access_key_id,
+            aws_secret_access_key=server.secret_access_key,
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        )
+        environment = cls(server, fleet, workdir, codedeploy)
         try:
             environment.add_hosts(hosts, configure=configure)
         except BaseException:
@@ -414,7 +426,9 @@ class Environment:
             if agent.process is not None:
                 code = agent.process.poll()
                 state = "running" if code is None else f"exited {code}"
-            parts.append(f"--- agent {agent.name} ({state}) {agent.log_path}\n{tail(agent.log_path)}")
+            parts.append(
+                f"--- agent {agent.name} ({state}) {agent.log_path}\n{tail(agent.log_path)}"
+            )
         return "\n".join(parts)
 
 

@@ -3,6 +3,7 @@ ApplicationStop running the previous revision's scripts."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_rollout_order_batches_and_files(
         assert most <= batch, f"{most} hosts ran hooks at once; {config} allows {batch}"
         if batch == 1:
             ordered = sorted(intervals)
-            for earlier, later in zip(ordered, ordered[1:], strict=False):
+            for earlier, later in itertools.pairwise(ordered):
                 assert earlier[1] < later[0], f"hosts overlap in time: {ordered}"
 
 

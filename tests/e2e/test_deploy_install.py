@@ -90,9 +90,8 @@ def test_an_unsafe_bundle_is_refused_at_download(e2e: Environment, kind: str) ->
         assert hook_lines(agent, deployment_id) == []
         [directory] = agent.root.glob(f"*/{deployment_id}")
         assert not (directory / "deployment-archive").exists()
-        assert sorted(p.name for p in directory.iterdir() if p.name != "bundle.tar") == [], (
-            sorted(directory.iterdir())
-        )
+        leftovers = sorted(p.name for p in directory.iterdir() if p.name != "bundle.tar")
+        assert leftovers == [], leftovers
         assert not (agent.destination_root / destination.lstrip("/")).exists()
     assert not outside.exists()
     assert list(e2e.workdir.rglob("evil")) == []
@@ -196,7 +195,9 @@ def test_runas_runs_the_hook_as_that_user(
         scripts={"scripts/who.sh": who},
         hooks={
             "AfterInstall": [{"location": "scripts/who.sh", "timeout": 30}],
-            "ApplicationStart": [{"location": "scripts/who.sh", "timeout": 30, "runas": runas_user}],
+            "ApplicationStart": [
+                {"location": "scripts/who.sh", "timeout": 30, "runas": runas_user}
+            ],
         },
     )
     application = e2e.application()
@@ -205,6 +206,6 @@ def test_runas_runs_the_hook_as_that_user(
     [scripts_log] = agent.root.glob(f"*/{deployment_id}/logs/scripts.log")
     text = scripts_log.read_text()
     account = pwd.getpwnam(runas_user)
-    assert f"[stdout]hook user root uid 0 home " in text, text
+    assert "[stdout]hook user root uid 0 home " in text, text
     expected = f"[stdout]hook user {runas_user} uid {account.pw_uid} home {account.pw_dir}"
     assert f"{expected} for ApplicationStart" in text, text

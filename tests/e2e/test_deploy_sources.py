@@ -56,9 +56,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
             access_key_id=SeaweedFS.ACCESS_KEY,
             secret_access_key=SeaweedFS.SECRET_KEY,
         )
-        write_config(
-            agent.config_path, replace(config, s3=s3, git_base_url=f"file://{git_base}")
-        )
+        write_config(agent.config_path, replace(config, s3=s3, git_base_url=f"file://{git_base}"))
 
     try:
         environment = Environment.start(workdir / "opendeploy", hosts=3, configure=configure)
@@ -102,9 +100,7 @@ def _check_hosts(
         assert f"[stdout]{expected}" in scripts_log.read_text(), agent.name
 
 
-def test_an_s3_revision_from_seaweedfs(
-    e2e: Environment, sources: Sources, tmp_path: Path
-) -> None:
+def test_an_s3_revision_from_seaweedfs(e2e: Environment, sources: Sources, tmp_path: Path) -> None:
     destination = f"/srv/{unique('s3')}"
     content = f"from s3 {destination}\n"
     archive = io.BytesIO()

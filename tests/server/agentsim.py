@@ -6,10 +6,12 @@ does, through a botocore client built from the wire model in ``opendeploy.wire``
 lifecycle event it can fail with a stock error code (``Failure``), pause after the
 acknowledgement until released, or go silent (stop all contact, like a dead host).
 
-``Site`` is a dedicated server on a fresh database of one backend; ``Fleet`` registers agent
-hosts on it (IAM user with the agent policy, access key, on-premises instance registered with
-the user's ARN, tags) and runs agents for them; its ``stop`` only signals the agents, which
-leave at the end of their current long poll (the site joins them before the server stops).
+``Site`` is a server (``start_server`` of tests/conftest.py) on a fresh database of one backend
+(``open_site``; ``shared_site`` keeps one per backend and settings for the session); ``Fleet``
+registers agent hosts on it (IAM user with the agent policy, access key, on-premises instance
+registered with the user's ARN, tags) and runs agents for them. ``Fleet.stop`` only signals its
+agents, which leave at the end of their current long poll (give the server a short
+``long_poll_seconds``); the site joins them before its server stops.
 
 Import it from tests in this directory as ``import agentsim`` (pytest's default ``prepend``
 import mode puts the test file's directory on ``sys.path``).
@@ -66,6 +68,7 @@ __all__ = [
     "open_envelope",
     "open_site",
     "s3_revision",
+    "shared_site",
     "signed_request",
     "targets",
     "wait_for",
@@ -526,6 +529,25 @@ def open_site(backend: str, data_dir: Path, **settings: Any) -> Iterator[Site]:
             yield site
         finally:
             site.close()
+
+
+_SHARED: dict[tuple[str, tuple[tuple[str, Any], ...]], Site] = {}
+
+
+def shared_site(request: pytest.FixtureRequest, backend: str, **settings: Any) -> Site:
+    """A site shared by every test module that asks for the same backend and settings, closed
+    when the test session ends (a PostgreSQL site costs ~1.5 s to set up)."""
+    key = (backend, tuple(sorted(settings.items())))
+    site = _SHARED.get(key)
+    if site is None:
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        stack = contextlib.ExitStack()
+        site = stack.enter_context(
+            open_site(backend, factory.mktemp(f"site-{backend}"), **settings)
+        )
+        request.config.add_cleanup(stack.close)
+        _SHARED[key] = site
+    return site
 
 
 @dataclass

@@ -94,7 +94,8 @@ TRANSITIONS: Mapping[type[StrEnum], Mapping[StrEnum, frozenset[StrEnum]]] = {
     },
     TargetStatus: {
         _T.PENDING: frozenset({_T.IN_PROGRESS, _T.SKIPPED}),
-        _T.IN_PROGRESS: frozenset({_T.SUCCEEDED, _T.FAILED, _T.READY}),
+        # Skipped: a stop took back the host's first command before any agent received it.
+        _T.IN_PROGRESS: frozenset({_T.SUCCEEDED, _T.FAILED, _T.READY, _T.SKIPPED}),
         _T.READY: frozenset({_T.IN_PROGRESS, _T.SUCCEEDED, _T.FAILED}),
         _T.SUCCEEDED: frozenset(),
         _T.FAILED: frozenset(),
@@ -205,6 +206,8 @@ class Deployment:
     error_code: str | None = None
     error_message: str | None = None
     stop_requested: bool = False
+    #: Set by StopDeployment(autoRollbackEnabled): True/False as asked; None follows the config.
+    rollback_on_stop: bool | None = None
     status_messages: tuple[str, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
 

@@ -39,12 +39,15 @@ from opendeploy.core.rollout import (
 )
 
 __all__ = [
+    "ROLLBACK_CREATOR",
+    "AlarmActive",
     "CommandAcked",
     "CommandCompleted",
     "Decision",
     "Event",
     "HealthUpdate",
     "HostLost",
+    "Notification",
     "Snapshot",
     "Started",
     "StopRequested",
@@ -53,6 +56,18 @@ __all__ = [
 ]
 
 HOST_LOST_PREFIX = "Agent heartbeat lost:"
+ROLLBACK_CREATOR = "codeDeployRollback"
+_DEPLOYMENT_EVENTS = {
+    DeploymentStatus.IN_PROGRESS: "DeploymentStart",
+    DeploymentStatus.SUCCEEDED: "DeploymentSuccess",
+    DeploymentStatus.FAILED: "DeploymentFailure",
+    DeploymentStatus.STOPPED: "DeploymentStop",
+}
+_INSTANCE_EVENTS = {
+    TargetStatus.IN_PROGRESS: "InstanceStart",
+    TargetStatus.SUCCEEDED: "InstanceSuccess",
+    TargetStatus.FAILED: "InstanceFailure",
+}
 HEALTH_CONSTRAINTS_MESSAGE = (
     "The overall deployment failed because too many individual instances failed deployment, "
     "too few healthy instances are available for deployment, or some instances in your "
@@ -114,10 +129,29 @@ class HostLost:
 
 @dataclass(frozen=True)
 class StopRequested:
+    """StopDeployment. ``rollback``: True or False as asked (autoRollbackEnabled); None
+    follows the deployment's DEPLOYMENT_STOP_ON_REQUEST setting."""
+
     message: str = "Deployment stopped by user."
+    rollback: bool | None = None
 
 
-Event = Started | CommandAcked | CommandCompleted | HostLost | StopRequested
+@dataclass(frozen=True)
+class AlarmActive:
+    """A monitored alarm fired (or could not be read, failing closed): stop the deployment."""
+
+    message: str
+
+
+Event = Started | CommandAcked | CommandCompleted | HostLost | StopRequested | AlarmActive
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A trigger event (codedeploy-spec §8.7) the deployment's state change produced."""
+
+    event: str
+    instance_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +171,11 @@ class Decision:
     targets: tuple[InstanceTarget, ...] = ()
     commands: tuple[HostCommand, ...] = ()
     health: tuple[HealthUpdate, ...] = ()
+    notifications: tuple[Notification, ...] = ()
+    #: When the decision was taken (the ``now`` it was given).
+    now: float = 0.0
+    #: The deployment ended in a way its autoRollbackConfiguration answers with a rollback.
+    rollback: bool = False
 
     @property
     def new_commands(self) -> tuple[HostCommand, ...]:
@@ -154,6 +193,7 @@ class _Work:
         self.now = now
         self.original = snapshot.deployment
         self.deployment = snapshot.deployment
+        self.original_targets = snapshot.targets
         self.targets = dict(snapshot.targets)
         self.commands = dict(snapshot.commands)
         self.changed_targets: set[str] = set()
@@ -180,12 +220,49 @@ class _Work:
         )
 
     def decision(self) -> Decision:
+        targets = tuple(self.targets[name] for name in sorted(self.changed_targets))
         return Decision(
             deployment=None if self.deployment == self.original else self.deployment,
-            targets=tuple(self.targets[name] for name in sorted(self.changed_targets)),
+            targets=targets,
             commands=tuple(self.changed_commands.values()),
             health=tuple(self.health),
+            notifications=self._notifications(targets),
+            now=self.now,
+            rollback=self._rollback(),
         )
+
+    def _notifications(self, targets: tuple[InstanceTarget, ...]) -> tuple[Notification, ...]:
+        """Trigger events, read off the status changes of this decision."""
+        found: list[Notification] = []
+        for target in targets:
+            before = self.original_targets[target.instance_name].status
+            event = _INSTANCE_EVENTS.get(target.status)
+            if event is not None and target.status is not before:
+                found.append(Notification(event, target.instance_name))
+        before_status, after = self.original.status, self.deployment.status
+        event = _DEPLOYMENT_EVENTS.get(after)
+        if event is not None and after is not before_status:
+            found.append(Notification(event))
+        return tuple(found)
+
+    def _rollback(self) -> bool:
+        """Whether the deployment just ended in a way that calls for a rollback (§8.5)."""
+        deployment = self.deployment
+        if deployment.status is self.original.status or deployment.active:
+            return False
+        if deployment.details.get("creator") == ROLLBACK_CREATOR:
+            return False
+        config = deployment.details.get("autoRollbackConfiguration") or {}
+        events = set(config.get("events") or []) if config.get("enabled") else set()
+        if deployment.status is DeploymentStatus.FAILED:
+            return "DEPLOYMENT_FAILURE" in events
+        if deployment.status is not DeploymentStatus.STOPPED:
+            return False
+        if deployment.error_code == "ALARM_ACTIVE":
+            return "DEPLOYMENT_STOP_ON_ALARM" in events
+        if deployment.rollback_on_stop is not None:
+            return deployment.rollback_on_stop
+        return "DEPLOYMENT_STOP_ON_REQUEST" in events
 
 
 def decide(snapshot: Snapshot, event: Event, now: float) -> Decision:
@@ -366,16 +443,45 @@ def _host_lost(work: _Work, event: HostLost) -> None:
     )
 
 
-def _stop(work: _Work, event: StopRequested) -> None:
+def _stop(work: _Work, event: StopRequested | AlarmActive) -> None:
     if work.deployment.stop_requested:
         return
+    if isinstance(event, AlarmActive):
+        code, rollback = "ALARM_ACTIVE", None
+    else:
+        code, rollback = "MANUAL_STOP", event.rollback
     work.deployment = replace(
         work.deployment,
         stop_requested=True,
-        error_code="MANUAL_STOP",
+        rollback_on_stop=rollback,
+        error_code=code,
         error_message=event.message,
     )
+    _withdraw_undelivered(work)
     _skip_all_pending(work)
+
+
+def _withdraw_undelivered(work: _Work) -> None:
+    """Take back commands no agent has received yet: a stop must not wait for them.
+
+    A host that had not started any event ends Skipped; one stopped between events ends
+    Failed, like any host stopped part-way.
+    """
+    for command in list(work.commands.values()):
+        if command.status is not CommandStatus.PENDING or command.dispatched_time is not None:
+            continue
+        work.set_command(
+            replace(
+                command,
+                status=advance(command.status, CommandStatus.FAILED),
+                completed_time=work.now,
+            )
+        )
+        target = work.targets[command.instance_name]
+        if all(event.status is EventStatus.PENDING for event in target.events):
+            work.set_target(_skipped(target, work.now))
+        else:
+            _finish_instance(work, target, succeeded=False)
 
 
 def _skip_all_pending(work: _Work) -> None:

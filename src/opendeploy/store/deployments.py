@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,11 +30,13 @@ from opendeploy.store.tables import (
     deployments,
     host_commands,
     instance_health,
+    notifications,
 )
 
 __all__ = [
     "active_commands",
     "active_for_group",
+    "add_notification",
     "append_log",
     "apply",
     "by_id",
@@ -49,6 +51,7 @@ __all__ = [
     "overdue_commands",
     "record_contact",
     "revisions_deployed_to",
+    "set_details",
     "snapshot",
     "targets_of",
 ]
@@ -76,6 +79,7 @@ def _deployment(row: Row[Any]) -> Deployment:
         error_code=row.error_code,
         error_message=row.error_message,
         stop_requested=row.stop_requested,
+        rollback_on_stop=row.rollback_on_stop,
         status_messages=tuple(row.status_messages),
         details=row.details,
     )
@@ -90,6 +94,7 @@ def _deployment_values(deployment: Deployment) -> dict[str, Any]:
         "error_code": deployment.error_code,
         "error_message": deployment.error_message,
         "stop_requested": deployment.stop_requested,
+        "rollback_on_stop": deployment.rollback_on_stop,
         "status_messages": list(deployment.status_messages),
         "details": dict(deployment.details),
     }
@@ -269,7 +274,22 @@ def apply(connection: Connection, decision: Decision, *, group_id: str) -> None:
                     **values,
                 )
             )
-    now = max((t.last_updated for t in decision.targets), default=0.0)
+    now = decision.now
+    if decision.notifications:
+        deployment_id = _deployment_id_of(decision)
+        connection.execute(
+            insert(notifications),
+            [
+                {
+                    "deployment_id": deployment_id,
+                    "group_id": group_id,
+                    "event": notification.event,
+                    "instance_name": notification.instance_name,
+                    "created_time": now,
+                }
+                for notification in decision.notifications
+            ],
+        )
     for health in decision.health:
         values = {"healthy": health.healthy, "revision_identity": health.revision_identity}
         done = connection.execute(
@@ -289,6 +309,12 @@ def apply(connection: Connection, decision: Decision, *, group_id: str) -> None:
                     **values,
                 )
             )
+
+
+def _deployment_id_of(decision: Decision) -> str:
+    if decision.deployment is not None:
+        return decision.deployment.deployment_id
+    return (decision.targets or decision.commands)[0].deployment_id
 
 
 def health_of(
@@ -471,3 +497,30 @@ def revisions_deployed_to(connection: Connection, instance_name: str, limit: int
         .limit(limit)
     ).all()
     return [row.revision for row in rows]
+
+
+def set_details(connection: Connection, deployment_id: str, details: Mapping[str, Any]) -> None:
+    """Replace a deployment's descriptive members (rollbackInfo and the like, not statuses)."""
+    connection.execute(
+        update(deployments).where(deployments.c.id == deployment_id).values(details=dict(details))
+    )
+
+
+def add_notification(
+    connection: Connection,
+    deployment_id: str,
+    group_id: str,
+    event: str,
+    *,
+    now: float,
+    instance_name: str | None = None,
+) -> None:
+    connection.execute(
+        insert(notifications).values(
+            deployment_id=deployment_id,
+            group_id=group_id,
+            event=event,
+            instance_name=instance_name,
+            created_time=now,
+        )
+    )

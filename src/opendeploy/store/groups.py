@@ -14,6 +14,7 @@ from opendeploy.store.paging import page_after
 from opendeploy.store.tables import applications, deployment_groups
 
 __all__ = [
+    "by_id",
     "by_name",
     "count_for_application",
     "create",
@@ -97,6 +98,11 @@ def by_name(connection: Connection, application_id: str, name: str) -> Deploymen
             deployment_groups.c.name == name,
         )
     ).first()
+    return None if row is None else _record(row)
+
+
+def by_id(connection: Connection, group_id: str) -> DeploymentGroup | None:
+    row = connection.execute(_select().where(deployment_groups.c.id == group_id)).first()
     return None if row is None else _record(row)
 
 

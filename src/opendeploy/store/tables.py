@@ -208,6 +208,7 @@ deployments = Table(
     Column("file_exists_behavior", String(16)),
     Column("deployment_type", String(16), nullable=False),
     Column("stop_requested", Boolean, nullable=False),
+    Column("rollback_on_stop", Boolean),
     Column("error_code", String(64)),
     Column("error_message", Text),
     Column("status_messages", Json, nullable=False),
@@ -283,4 +284,17 @@ command_logs = Table(
     ),
     Column("content", Text, nullable=False),
     Column("size", Integer, nullable=False),
+)
+
+#: The transactional outbox of trigger events: written with the decision that caused them,
+#: delivered later by the trigger worker.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment_id", String(16), nullable=False, index=True),
+    Column("group_id", String(36), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("instance_name", String(100)),
+    Column("created_time", Float, nullable=False, index=True),
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -14,20 +13,16 @@ from opendeploy.bundles.store import sha256_from_location
 from opendeploy.core.deployments import Deployment, DeploymentStatus, InstanceTarget, TargetStatus
 from opendeploy.core.engine import Started, StopRequested, command_id
 from opendeploy.core.errors import Conflict, ServiceError
-from opendeploy.core.lifecycle import events_for
 from opendeploy.core.model import Application, DeploymentGroup
 from opendeploy.core.names import check_description
-from opendeploy.core.planner import plan_targets
-from opendeploy.core.revisions import revision_identity, with_sha256
-from opendeploy.core.targeting import matches_any, matches_tag_set
 from opendeploy.server.service.applications import require_application
 from opendeploy.server.service.configs import find_config
 from opendeploy.server.service.context import ServiceContext, decode_token, encode_token
 from opendeploy.server.service.engine_runner import feed, feed_in, wake
 from opendeploy.server.service.groups import require_group
+from opendeploy.server.service.launch import launch, new_deployment_id
 from opendeploy.server.service.revisions import register_revision
 from opendeploy.store import deployments as store
-from opendeploy.store import groups as group_store
 from opendeploy.store import instances as instance_store
 
 __all__ = [
@@ -43,17 +38,12 @@ __all__ = [
     "list_deployment_instances",
     "list_deployment_targets",
     "list_deployments",
-    "matching_instances",
     "stop_deployment",
 ]
 
 BATCH_LIMIT = 100
 TARGET_BATCH_LIMIT = 25
 _ID_ALPHABET = string.ascii_uppercase + string.digits
-
-
-def _new_deployment_id() -> str:
-    return "d-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
 
 
 def _no_deployment(deployment_id: str) -> ServiceError:
@@ -73,20 +63,6 @@ def require_deployment(connection: Connection, deployment_id: object) -> Deploym
     if deployment is None:
         raise _no_deployment(deployment_id)
     return deployment
-
-
-def matching_instances(connection: Connection, group: DeploymentGroup) -> list[str]:
-    """Registered on-premises instances the group's tag filters or tag set select."""
-    filters = group.spec.get("onPremisesInstanceTagFilters") or []
-    tag_set = (group.spec.get("onPremisesTagSet") or {}).get("onPremisesTagSetList") or []
-    if not filters and not tag_set:
-        return []
-    return [
-        instance.name
-        for instance in instance_store.listing(connection, registered=True)
-        if (filters and matches_any(instance.tags, filters))
-        or (tag_set and matches_tag_set(instance.tags, tag_set))
-    ]
 
 
 def _revision_for(group: DeploymentGroup, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -160,7 +136,7 @@ def create_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
         )
     if params.get("revision"):
         _require_pushed_bundle(ctx, params["revision"])
-    deployment_id = _new_deployment_id()
+    deployment_id = new_deployment_id()
     with ctx.db.write() as connection:
         app = require_application(connection, params.get("applicationName"))
         group = require_group(connection, app, params["deploymentGroupName"])
@@ -201,24 +177,18 @@ def create_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
             file_exists_behavior=params.get("fileExistsBehavior"),
             details=_details(app, group, params, _previous_revision(connection, group.group_id)),
         )
-        names = matching_instances(connection, group)
-        targets = plan_targets(
-            deployment_id,
-            names,
-            store.health_of(connection, group.group_id, names),
-            revision_identity=revision_identity(with_sha256(revision)),
-            events=events_for(deployment.deployment_type),
-            now=deployment.create_time,
-            outdated_only=bool(params.get("updateOutdatedInstancesOnly")),
-        )
         try:
-            store.create(connection, deployment, targets)
+            launch(
+                connection,
+                deployment,
+                group,
+                outdated_only=bool(params.get("updateOutdatedInstancesOnly")),
+            )
         except Conflict as error:
             blocker = store.active_for_group(connection, group.group_id)
             raise _limit_exceeded(group.name, blocker.deployment_id if blocker else "?") from error
-        group_store.set_target_revision(connection, group.group_id, dict(revision))
-        decision = feed_in(ctx, connection, deployment_id, Started())
-    wake(ctx, decision)
+        decisions = feed_in(ctx, connection, deployment_id, Started())
+    wake(ctx, *decisions)
     return {"deploymentId": deployment_id}
 
 
@@ -346,7 +316,8 @@ def stop_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, An
             f"The deployment {deployment.deployment_id} has already completed "
             f"({deployment.status.value}).",
         )
-    feed(ctx, deployment.deployment_id, StopRequested())
+    rollback = params.get("autoRollbackEnabled")
+    feed(ctx, deployment.deployment_id, StopRequested(rollback=rollback))
     with ctx.db.read() as connection:
         stopped = store.by_id(connection, deployment.deployment_id)
     if stopped is not None and not stopped.active:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from opendeploy.core.engine import Decision, Event, decide
+from opendeploy.core.engine import Decision, Event, Started, decide
 from opendeploy.server.service.context import ServiceContext
+from opendeploy.server.service.rollbacks import start_rollback
 from opendeploy.store import deployments as store
 
 __all__ = ["feed", "feed_in", "wake"]
@@ -13,36 +14,44 @@ __all__ = ["feed", "feed_in", "wake"]
 
 def feed_in(
     ctx: ServiceContext, connection: Connection, deployment_id: str, event: Event
-) -> Decision:
+) -> list[Decision]:
     """Apply ``event`` to the deployment inside the caller's write transaction.
 
-    The caller must call ``wake(ctx, decision)`` after the transaction commits.
+    When the decision calls for a rollback, the rollback deployment is created and started
+    in the same transaction; its decisions follow. The caller must pass all of them to
+    ``wake`` after the transaction commits.
     """
     snapshot = store.snapshot(connection, deployment_id)
     if snapshot is None:
-        return Decision()
+        return []
     decision = decide(snapshot, event, ctx.clock())
-    if not decision.empty:
-        store.apply(connection, decision, group_id=snapshot.deployment.group_id)
-    return decision
+    if decision.empty:
+        return [decision]
+    store.apply(connection, decision, group_id=snapshot.deployment.group_id)
+    decisions = [decision]
+    if decision.rollback:
+        rollback_id = start_rollback(ctx, connection, deployment_id)
+        if rollback_id is not None:
+            decisions += feed_in(ctx, connection, rollback_id, Started())
+    return decisions
 
 
-def wake(ctx: ServiceContext, decision: Decision) -> None:
-    hosts = {command.instance_name for command in decision.new_commands}
+def wake(ctx: ServiceContext, *decisions: Decision) -> None:
+    hosts = {c.instance_name for decision in decisions for c in decision.new_commands}
     if hosts:
         ctx.notifier.notify(hosts)
 
 
 def feed(
     ctx: ServiceContext, deployment_id: str, event: Event, *, contact: str | None = None
-) -> Decision:
+) -> list[Decision]:
     """Apply ``event`` in its own transaction and wake the hosts that got work.
 
     ``contact`` names a host heard from by this event (recorded in the same transaction).
     """
     with ctx.db.write() as connection:
-        decision = feed_in(ctx, connection, deployment_id, event)
+        decisions = feed_in(ctx, connection, deployment_id, event)
         if contact is not None:
             store.record_contact(connection, contact, ctx.clock())
-    wake(ctx, decision)
-    return decision
+    wake(ctx, *decisions)
+    return decisions
