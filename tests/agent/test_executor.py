@@ -613,3 +613,25 @@ def test_a_multibyte_character_is_never_split_between_chunks() -> None:
     assert _utf8_prefix(data[:-2]) == 2
     assert _utf8_prefix("\U0001f600".encode()[:3]) == 0
     assert _utf8_prefix(b"plain") == 5
+
+
+def test_a_revision_still_on_the_host_is_reused_without_downloading(
+    executor: Executor, client: FakeClient, config: AgentConfig, tmp_path: Path
+) -> None:
+    bundle = make_bundle(_with_out(tmp_path))
+    first = spec_for(client, "d-REUSE0001", bundle)
+    deploy(executor, first, "DownloadBundle", "Install")
+    assert len(client.downloads) == 1
+    again = spec_for(client, "d-REUSE0002", bundle)
+    results = deploy(executor, again, "DownloadBundle", "Install", "AfterInstall")
+    assert all(result["error_code"] == 0 for result in results)
+    assert len(client.downloads) == 1, "the rollback-style redeploy downloaded the bundle again"
+    archives = [
+        config.root_dir / GROUP / d / "deployment-archive" for d in ("d-REUSE0001", "d-REUSE0002")
+    ]
+    assert sorted(p.relative_to(archives[0]) for p in archives[0].rglob("*")) == sorted(
+        p.relative_to(archives[1]) for p in archives[1].rglob("*")
+    )
+    other = spec_for(client, "d-REUSE0003", make_bundle(_with_out(tmp_path, "changed")))
+    deploy(executor, other, "DownloadBundle")
+    assert len(client.downloads) == 2, "a different bundle must be downloaded"

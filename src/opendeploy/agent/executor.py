@@ -64,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUILTIN_COMMANDS: Final = frozenset({"DownloadBundle", "Install"})
+#: In a deployment directory: the identity of the revision unpacked there.
+REVISION_MARKER: Final = "revision.id"
 HOOK_COMMANDS: Final = frozenset(SERVER_HOOK_EVENTS)
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SUCCESS_DIAGNOSTICS: Final[Mapping[str, Any]] = {
@@ -349,7 +351,11 @@ class Executor:
         paths.directory.mkdir(parents=True, exist_ok=True)
         if paths.archive.exists() or paths.archive.is_symlink():
             _remove(paths.archive)
-        if spec.bundle is not None:
+        identity = _revision_identity(spec)
+        reused = self._reuse_archive(spec, identity, paths)
+        if reused is not None:
+            log.info("revision already on this host in %s: reusing it, nothing downloaded", reused)
+        elif spec.bundle is not None:
             bundle = spec.bundle
             bundle_type = self._check_bundle_type(bundle.bundle_type)
             log.info("fetching bundle %s (%s bytes) from the server", bundle.sha256, bundle.size)
@@ -385,8 +391,38 @@ class Executor:
         else:
             kind = spec.revision_type or "none"
             return failure(f"DownloadBundle: unsupported revision type {kind!r}")
+        if identity is not None:
+            layout.write_atomically(paths.directory / REVISION_MARKER, identity.encode())
         layout.write_most_recent_install(self.root, spec.group_id, paths.directory)
         return SUCCESS
+
+    def _reuse_archive(
+        self, spec: DeploymentSpec, identity: str | None, paths: layout.DeploymentPaths
+    ) -> Path | None:
+        """Copy the unpacked revision from an earlier deployment of the group on this host.
+
+        Rollbacks and redeployments of a revision still on disk then download nothing. Only
+        revisions with a content identity qualify (a bundle's sha256, a git commit).
+        """
+        if identity is None:
+            return None
+        for candidate in sorted(paths.group_dir.iterdir(), key=_mtime, reverse=True):
+            if candidate == paths.directory or candidate.is_symlink():
+                continue
+            marker = candidate / REVISION_MARKER
+            archive = candidate / layout.ARCHIVE_DIR
+            try:
+                if marker.read_text() != identity or not archive.is_dir():
+                    continue
+            except OSError:
+                continue
+            partial = paths.archive.with_name(paths.archive.name + ".copying")
+            if partial.exists():
+                _remove(partial)
+            shutil.copytree(archive, partial, symlinks=True)
+            partial.rename(paths.archive)
+            return candidate
+        return None
 
     @staticmethod
     def _check_bundle_type(bundle_type: str) -> BundleType:
@@ -522,6 +558,22 @@ class Executor:
         elif spec.github is not None:
             env["BUNDLE_COMMIT"] = spec.github.commit_id
         return env
+
+
+def _revision_identity(spec: DeploymentSpec) -> str | None:
+    """What makes two revisions the same content, when the spec tells."""
+    if spec.bundle is not None:
+        return f"sha256:{spec.bundle.sha256}"
+    if spec.github is not None:
+        return f"git:{spec.github.account}/{spec.github.repository}@{spec.github.commit_id}"
+    return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 # -- the full log ----------------------------------------------------------------------------
