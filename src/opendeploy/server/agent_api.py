@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -35,16 +35,25 @@ JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 class PollHub:
     """Held long polls by host, and the thread-safe way to wake them (a CommandNotifier)."""
 
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[Iterable[str]], None] | None = None) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Tells the other replicas (PostgreSQL NOTIFY); None with one server.
+        self.publish = publish
 
     @property
     def waiting(self) -> int:
         return sum(len(events) for events in self._waiters.values())
 
     def notify(self, instance_names: Iterable[str]) -> None:
-        """Wake the long polls of these hosts; safe to call from any thread."""
+        """Wake the long polls of these hosts, here and on every other replica."""
+        names = tuple(instance_names)
+        self.wake_local(names)
+        if self.publish is not None:
+            self.publish(names)
+
+    def wake_local(self, instance_names: Iterable[str]) -> None:
+        """Wake this replica's long polls of these hosts; safe to call from any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return

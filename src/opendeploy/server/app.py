@@ -23,6 +23,7 @@ from opendeploy.server.bundles_api import BundlesApi
 from opendeploy.server.reconciler import Reconciler
 from opendeploy.server.service.agent import AgentService
 from opendeploy.server.service.context import ServiceContext
+from opendeploy.store.wakeups import CommandChannel
 
 __all__ = ["create_app"]
 
@@ -62,6 +63,9 @@ def create_app(
     max_bundle_bytes: int = 2 * 1024 * 1024 * 1024,
 ) -> Starlette:
     hub = PollHub()
+    channel = CommandChannel(context.db, hub.wake_local)
+    if channel.enabled:
+        hub.publish = channel.publish
     context = dataclasses.replace(context, notifier=hub)
     agent_service = AgentService(context, contact_interval=min(5.0, heartbeat_timeout / 4))
     agent = AgentApi(
@@ -100,9 +104,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         reconciler.start()
+        channel.start()
         try:
             yield
         finally:
+            channel.stop()
             reconciler.stop()
             context.db.dispose()
 

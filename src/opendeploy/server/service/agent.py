@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opendeploy.bundles.store import sha256_from_location
+from opendeploy.bundles.store import BundleNotFound, sha256_from_location
 from opendeploy.core.deployments import CommandStatus, Deployment, HostCommand
 from opendeploy.core.engine import CommandAcked, CommandCompleted
 from opendeploy.core.errors import ServiceError
@@ -241,10 +241,16 @@ class AgentService:
         sha256 = None if bundles is None else sha256_from_location(bundles, revision)
         if bundles is None or sha256 is None:
             return None
+        try:
+            size = bundles.size(sha256)
+        except BundleNotFound:
+            # Gone from the store since the deployment was created: the agent's download
+            # then fails with a message naming the bucket and key, not the spec fetch.
+            return None
         return {
             "Path": f"/agent/bundles/{sha256}",
             "Sha256": sha256,
-            "Size": bundles.size(sha256),
+            "Size": size,
             "BundleType": "tgz",
         }
 

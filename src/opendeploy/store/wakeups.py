@@ -1,0 +1,96 @@
+"""Telling every server replica that hosts have new commands: PostgreSQL LISTEN/NOTIFY.
+
+A replica that creates commands wakes its own long polls directly and publishes the host
+names on the ``opendeploy_commands`` channel; every replica listens and wakes its held polls
+for those hosts. On SQLite (one server) there is nothing to publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from opendeploy.store.database import Database
+
+__all__ = ["CHANNEL", "CommandChannel"]
+
+CHANNEL = "opendeploy_commands"
+#: NOTIFY payloads are limited to 8000 bytes; larger sets of hosts go in several messages.
+_PAYLOAD_LIMIT = 7000
+
+log = logging.getLogger(__name__)
+
+
+def _libpq_dsn(url: str) -> str:
+    """A psycopg connection string from a SQLAlchemy URL."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class CommandChannel:
+    """Publishes and receives "these hosts have work" across replicas."""
+
+    def __init__(self, db: Database, on_hosts: Callable[[list[str]], None]) -> None:
+        self.db = db
+        self.on_hosts = on_hosts
+        self.enabled = not db.is_sqlite
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self, instance_names: Iterable[str]) -> None:
+        if not self.enabled:
+            return
+        names = sorted(set(instance_names))
+        batches: list[list[str]] = [[]]
+        for name in names:
+            if len(json.dumps(batches[-1] + [name])) > _PAYLOAD_LIMIT:
+                batches.append([])
+            batches[-1].append(name)
+        try:
+            with self.db.engine.begin() as connection:
+                for batch in batches:
+                    connection.execute(
+                        text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": CHANNEL, "payload": json.dumps(batch)},
+                    )
+        except Exception:
+            log.exception("could not publish new commands to other replicas")
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._thread = threading.Thread(target=self._listen, name="opendeploy-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        dsn = _libpq_dsn(self.db.url)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    while not self._stop.is_set():
+                        for note in connection.notifies(timeout=1.0):
+                            self._deliver(note.payload)
+            except Exception:
+                if self._stop.wait(1.0):
+                    return
+                log.exception("the LISTEN connection failed; reconnecting")
+
+    def _deliver(self, payload: str) -> None:
+        try:
+            names = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(names, list):
+            self.on_hosts([str(name) for name in names])
