@@ -235,3 +235,33 @@ def test_concurrent_writers_do_not_lose_updates(db: Database) -> None:
     with db.read() as connection:
         names, _ = applications.page(connection, prefix, 1000)
     assert len([n for n in names if n.startswith(prefix)]) == 80
+
+
+def test_a_lease_has_one_holder_until_it_expires(db: Database) -> None:
+    from opendeploy.store import leases
+
+    name = _name("lease")
+    assert leases.acquire(db, name, "replica-a", now=100.0, ttl=10.0)
+    assert not leases.acquire(db, name, "replica-b", now=105.0, ttl=10.0)
+    assert leases.acquire(db, name, "replica-a", now=108.0, ttl=10.0), "the holder renews"
+    assert not leases.acquire(db, name, "replica-b", now=117.0, ttl=10.0)
+    assert leases.acquire(db, name, "replica-b", now=118.5, ttl=10.0), "expired: taken over"
+    assert not leases.acquire(db, name, "replica-a", now=119.0, ttl=10.0)
+
+
+def test_concurrent_lease_takers_get_one_winner(db: Database) -> None:
+    from opendeploy.store import leases
+
+    name = _name("race")
+    winners: list[str] = []
+
+    def take(holder: str) -> None:
+        if leases.acquire(db, name, holder, now=50.0, ttl=30.0):
+            winners.append(holder)
+
+    threads = [threading.Thread(target=take, args=(f"r{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1

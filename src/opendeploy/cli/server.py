@@ -45,6 +45,18 @@ _DATABASE_URL = click.option(
     default=None,
     help="How long an agent's poll is held when there is nothing to do [default 45].",
 )
+@click.option(
+    "--bundle-store",
+    default=None,
+    help="Where pushed revisions go: s3://bucket/prefix on any S3-compatible store "
+    "[env OPENDEPLOY_BUNDLE_STORE; default the data dir's bundles/].",
+)
+@click.option(
+    "--s3-endpoint-url",
+    default=None,
+    help="The S3 endpoint of an s3:// bundle store, e.g. http://127.0.0.1:8333 "
+    "[env OPENDEPLOY_S3_ENDPOINT_URL; default AWS]. Credentials: the AWS environment.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def server(
     data_dir: Path | None,
@@ -54,6 +66,8 @@ def server(
     region: str | None,
     heartbeat_timeout: float | None,
     long_poll_seconds: float | None,
+    bundle_store: str | None,
+    s3_endpoint_url: str | None,
     log_level: str,
 ) -> None:
     """Run the OpenDeploy server (API, agent endpoint and dashboard on one port)."""
@@ -73,6 +87,8 @@ def server(
         region=region,
         heartbeat_timeout=heartbeat_timeout,
         long_poll_seconds=long_poll_seconds,
+        bundle_store=bundle_store,
+        s3_endpoint_url=s3_endpoint_url,
     )
     try:
         started = bootstrap(settings)

@@ -7,12 +7,16 @@ are re-derived from stored timestamps every pass, so a restarted server resumes 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 
 from opendeploy.core.engine import HostLost
 from opendeploy.server.service.context import ServiceContext
 from opendeploy.server.service.engine_runner import feed
 from opendeploy.store import deployments as store
+from opendeploy.store import leases
 
 __all__ = ["Reconciler"]
 
@@ -28,9 +32,18 @@ class Reconciler:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: This replica, as lease holder.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def step(self, now: float) -> int:
-        """Fail the open commands of hosts silent for longer than the heartbeat timeout."""
+        """Fail the open commands of hosts silent for longer than the heartbeat timeout.
+
+        With several replicas only the holder of the ``reconciler`` lease does it.
+        """
+        if not leases.acquire(
+            self.ctx.db, "reconciler", self.holder, now=now, ttl=max(3 * self.interval, 15.0)
+        ):
+            return 0
         with self.ctx.db.read() as connection:
             open_commands = store.overdue_commands(connection)
             contacts = store.last_contacts(
