@@ -123,6 +123,9 @@ def start_server(data_dir: Path, database_url: str = "", **settings: Any) -> Run
         heartbeat_timeout=config.heartbeat_timeout,
         long_poll_seconds=config.long_poll_seconds,
         reconcile_interval=config.reconcile_interval,
+        prometheus_url=config.prometheus_url,
+        alarm_poll_seconds=config.alarm_poll_seconds,
+        alertmanager_token=config.alertmanager_token,
     )
     # IPPROTO_TCP explicitly: asyncio then disables Nagle on accepted connections.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

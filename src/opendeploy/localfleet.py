@@ -146,8 +146,11 @@ class LocalAgent:
     destination_root: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    #: A stop signal went to the running process: another one would kill its running hook.
+    _stopping: bool = field(default=False, repr=False)
 
     def start(self) -> None:
+        self._stopping = False
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 _command("agent", "run", "--config", str(self.config_path)),
@@ -158,14 +161,25 @@ class LocalAgent:
             )
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` as is (a second SIGTERM or SIGINT kills the agent's running hook)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self._stopping = True
+
+    def terminate(self) -> None:
+        """SIGTERM unless one was sent already: stop polling, finish the current command.
+
+        Only once: the agent takes a second SIGTERM as "kill the running hook now".
+        """
+        if not self._stopping:
+            self.signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (finish the current command), then SIGKILL if it lingers."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -233,7 +247,8 @@ class LocalFleet:
         return added
 
     def stop(self) -> None:
+        """Stop every agent gracefully: one SIGTERM each, so running commands finish."""
         for agent in self.agents:
-            agent.signal(signal.SIGTERM)
+            agent.terminate()
         for agent in self.agents:
             agent.stop()

@@ -29,6 +29,20 @@ class ServerSettings:
         ``s3://bucket/prefix`` on any S3-compatible store.
     s3_endpoint_url: the S3 endpoint for an ``s3://`` bundle store (empty: AWS's).
     max_bundle_bytes: the largest revision bundle a push may upload.
+    sns_endpoint_url: the SNS endpoint that triggers with an SNS topic ARN publish to (empty:
+        AWS's; credentials from the AWS environment, region from the topic ARN).
+    trigger_timeout: seconds one trigger delivery attempt may take (connect, send, answer).
+    trigger_max_attempts: attempts per trigger delivery before it fails for good.
+    trigger_retry_seconds: seconds before a failed delivery's first retry; each later retry
+        waits twice as long, at most 5 minutes (defaults: 8 attempts over about 10 minutes).
+    trigger_concurrency: trigger deliveries in flight at once.
+    prometheus_url: the Prometheus whose alerts are deployment alarms (an alarm name is an
+        alert name; in alarm while the alert fires). Empty: none, and a deployment with an
+        enabled alarm configuration stops at its first alarm poll unless the configuration
+        sets ignorePollAlarmFailure (docs/alarms.md).
+    alarm_poll_seconds: seconds between alarm polls while deployments run.
+    alertmanager_token: the bearer token Alertmanager presents to ``POST /alertmanager/webhook``;
+        empty refuses every push.
     """
 
     data_dir: Path
@@ -45,6 +59,14 @@ class ServerSettings:
     bundle_store: str = ""
     s3_endpoint_url: str = ""
     max_bundle_bytes: int = 2 * 1024 * 1024 * 1024
+    sns_endpoint_url: str = ""
+    trigger_timeout: float = 10.0
+    trigger_max_attempts: int = 8
+    trigger_retry_seconds: float = 5.0
+    trigger_concurrency: int = 4
+    prometheus_url: str = ""
+    alarm_poll_seconds: float = 5.0
+    alertmanager_token: str = field(default="", repr=False)
 
     @property
     def resolved_database_url(self) -> str:
@@ -76,6 +98,14 @@ class ServerSettings:
             "long_poll_seconds": float(env.get("OPENDEPLOY_LONG_POLL_SECONDS", "45")),
             "bundle_store": env.get("OPENDEPLOY_BUNDLE_STORE", ""),
             "s3_endpoint_url": env.get("OPENDEPLOY_S3_ENDPOINT_URL", ""),
+            "sns_endpoint_url": env.get("OPENDEPLOY_SNS_ENDPOINT_URL", ""),
+            "trigger_timeout": float(env.get("OPENDEPLOY_TRIGGER_TIMEOUT", "10")),
+            "trigger_max_attempts": int(env.get("OPENDEPLOY_TRIGGER_MAX_ATTEMPTS", "8")),
+            "trigger_retry_seconds": float(env.get("OPENDEPLOY_TRIGGER_RETRY_SECONDS", "5")),
+            "trigger_concurrency": int(env.get("OPENDEPLOY_TRIGGER_CONCURRENCY", "4")),
+            "prometheus_url": env.get("OPENDEPLOY_PROMETHEUS_URL", ""),
+            "alarm_poll_seconds": float(env.get("OPENDEPLOY_ALARM_POLL_SECONDS", "5")),
+            "alertmanager_token": env.get("OPENDEPLOY_ALERTMANAGER_TOKEN", ""),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

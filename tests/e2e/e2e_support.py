@@ -28,7 +28,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,15 @@ def processes_with(marker: str) -> list[tuple[int, int, str]]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
 def kill_processes_with(marker: str) -> None:
     """SIGKILL what a test's own hooks left running (found by the test's unique marker)."""
     for pid, _, _ in processes_with(marker):
@@ -215,7 +224,6 @@ class Environment:
     fleet: LocalFleet
     workdir: Path
     codedeploy: Any = None
-    _tagged: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -271,10 +279,11 @@ class Environment:
         return added
 
     def stop(self) -> None:
-        """Stop the agents and the server together (the server's shutdown waits for held
-        long polls, so overlapping the two saves time)."""
+        """Stop the agents (gracefully) and the server together. The server's graceful
+        shutdown would wait for the agents' held long polls; ``server.stop()`` sends a second
+        SIGINT, on which uvicorn exits without waiting (its log then shows cancelled polls)."""
         for agent in self.fleet.agents:
-            agent.signal(signal.SIGTERM)
+            agent.terminate()
         if self.server.process.poll() is None:
             self.server.process.send_signal(signal.SIGINT)
         self.fleet.stop()
@@ -348,7 +357,6 @@ class Environment:
             deploymentConfigName=config,
             onPremisesInstanceTagFilters=[{"Key": key, "Value": "on", "Type": "KEY_AND_VALUE"}],
         )
-        self._tagged[name] = [agent.name for agent in agents]
         return name
 
     def deploy(
@@ -522,7 +530,7 @@ class SeaweedFS:
             aws_secret_access_key=self.SECRET_KEY,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> str:
+    def wait_ready(self, timeout: float = 60.0) -> str:
         """Wait until a new bucket can be written to (volumes come lazily); its name."""
         bucket = unique("od-e2e")
         created = False

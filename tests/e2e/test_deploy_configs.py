@@ -23,6 +23,16 @@ from opendeploy.localfleet import LocalAgent
 pytestmark = pytest.mark.e2e
 
 E2E_HOSTS = 4
+#: The in-place events a target must list, in this order (traffic events may come around them).
+SERVER_ORDER = [
+    "ApplicationStop",
+    "DownloadBundle",
+    "BeforeInstall",
+    "Install",
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+]
 CUSTOM = "custom-host-count-1"
 
 
@@ -92,7 +102,11 @@ def test_rollout_order_batches_and_files(
         assert info["deploymentOverview"]["Succeeded"] == hosts, info["deploymentOverview"]
         targets = e2e.targets(deployment_id)
         assert sorted(targets) == sorted(agent.name for agent in agents)
-        assert {t["status"] for t in targets.values()} == {"Succeeded"}
+        for name, target in targets.items():
+            assert target["status"] == "Succeeded", (name, target)
+            events = [event["lifecycleEventName"] for event in target["lifecycleEvents"]]
+            assert [event for event in events if event in SERVER_ORDER] == SERVER_ORDER, events
+            assert {event["status"] for event in target["lifecycleEvents"]} == {"Succeeded"}
         intervals = _check_hosts(e2e, agents, deployment_id, order, destination, content)
         most = _most_at_once(intervals)
         assert most <= batch, f"{most} hosts ran hooks at once; {config} allows {batch}"

@@ -16,11 +16,13 @@ from e2e_support import (
     hook_script,
     kill_processes_with,
     processes_with,
+    running,
     unique,
     write_bundle,
 )
 from sqlalchemy import select
 
+from opendeploy.localfleet import LocalAgent
 from opendeploy.store import deployments as stored_deployments
 from opendeploy.store.database import Database
 from opendeploy.store.tables import host_commands
@@ -189,7 +191,8 @@ def test_a_hook_that_ignores_term_is_killed_at_its_timeout(
             assert time.monotonic() < until, "the hook's sleep never started\n" + e2e.logs()
             time.sleep(0.05)
         [(pid, session, _)] = sleepers
-        assert session != os.getsid(0)
+        assert agent.process is not None
+        assert session not in (os.getsid(0), agent.process.pid)  # the hook's own session
         info = e2e.wait(deployment_id)
         assert info["status"] == "Failed", e2e.explain(deployment_id)
         event = events_of(e2e.targets(deployment_id)[agent.name])["ApplicationStart"]
@@ -200,20 +203,26 @@ def test_a_hook_that_ignores_term_is_killed_at_its_timeout(
         assert "2 seconds" in diagnostics["message"]
         assert "ignoring TERM" in diagnostics["logTail"]
         assert processes_with(marker) == []
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert not running(pid)  # killed (at most a zombie until init reaps it)
         [scripts_log] = agent.root.glob(f"*/{deployment_id}/logs/scripts.log")
         assert "outlived SIGTERM; sent SIGKILL" in scripts_log.read_text()
     finally:
         kill_processes_with(marker)
 
 
-def test_an_agent_killed_mid_hook_fails_the_event_after_restart(
-    e2e: Environment, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def crash_host(e2e: Environment) -> LocalAgent:
+    """A host of its own for the tests that kill its agent (which they restart)."""
     [agent] = e2e.add_hosts(1, prefix="crash")
-    marker = unique("od-e2e-long")
-    long_hook = hook_script("long", f"( exec -a {marker} sleep 20 )\n")
+    return agent
+
+
+def _kill_the_agent_mid_hook(
+    e2e: Environment, agent: LocalAgent, tmp_path: Path, marker: str
+) -> str:
+    """SIGKILL ``agent`` while a hook of a new deployment runs, restart it; the deployment
+    (by then terminal)."""
+    long_hook = hook_script("long", f"( exec -a {marker} sleep 60 )\n")
     application = e2e.application()
     group = e2e.group(application, [agent])
     bundle = write_bundle(
@@ -222,20 +231,27 @@ def test_an_agent_killed_mid_hook_fails_the_event_after_restart(
         scripts={"scripts/long.sh": long_hook},
         hooks={"ApplicationStart": [{"location": "scripts/long.sh", "timeout": 60}]},
     )
-    revision = e2e.push(application, bundle)
-    try:
-        deployment_id = e2e.deploy(application, group, revision)
-        until = time.monotonic() + 30
-        while not processes_with(marker):
-            assert time.monotonic() < until, "the long hook never started\n" + e2e.logs()
-            time.sleep(0.05)
-        assert agent.process is not None
-        agent.process.send_signal(signal.SIGKILL)
-        agent.process.wait(timeout=10)
-        agent.start()
+    deployment_id = e2e.deploy(application, group, e2e.push(application, bundle))
+    until = time.monotonic() + 30
+    while not processes_with(marker):
+        assert time.monotonic() < until, "the long hook never started\n" + e2e.logs()
+        time.sleep(0.05)
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGKILL)
+    agent.process.wait(timeout=10)
+    agent.start()
+    info = e2e.wait(deployment_id)
+    assert info["status"] == "Failed", e2e.explain(deployment_id)
+    return deployment_id
 
-        info = e2e.wait(deployment_id)
-        assert info["status"] == "Failed", e2e.explain(deployment_id)
+
+def test_an_agent_killed_mid_hook_fails_the_event_after_restart(
+    e2e: Environment, crash_host: LocalAgent, tmp_path: Path
+) -> None:
+    agent = crash_host
+    marker = unique("od-e2e-long")
+    try:
+        deployment_id = _kill_the_agent_mid_hook(e2e, agent, tmp_path, marker)
         events = events_of(e2e.targets(deployment_id)[agent.name])
         event = events["ApplicationStart"]
         assert event["status"] == "Failed", event
@@ -246,5 +262,23 @@ def test_an_agent_killed_mid_hook_fails_the_event_after_restart(
         time.sleep(1)  # time enough for a wrongly repeated event to show up
         ran = [line.script for line in hook_lines(agent, deployment_id)]
         assert ran == ["before_install", "after_install", "long"], ran
+    finally:
+        kill_processes_with(marker)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product gap: after a SIGKILL and restart the agent reports the interrupted event"
+    " failed (code 7) but leaves the hook's process group running (agent/journal.py records"
+    " no process group; recover() kills nothing)",
+)
+def test_a_restarted_agent_stops_the_interrupted_hook(
+    e2e: Environment, crash_host: LocalAgent, tmp_path: Path
+) -> None:
+    marker = unique("od-e2e-orphan")
+    try:
+        _kill_the_agent_mid_hook(e2e, crash_host, tmp_path, marker)
+        left = processes_with(marker)
+        assert left == [], f"the interrupted hook still runs after the restart: {left}"
     finally:
         kill_processes_with(marker)

@@ -50,8 +50,10 @@ __all__ = [
 ]
 
 Mode = Literal["live", "lines", "quiet"]
-POLL_INTERVAL: Final = 0.5
+POLL_INTERVAL: Final = 0.3
 LOG_SETTLE_SECONDS: Final = 3.0
+#: What the agent puts at the end of a tail line it shortened (agent.hooks.ScriptLog).
+_TRUNCATED: Final = "characters; the whole line is in"
 
 
 class Watch:
@@ -84,16 +86,20 @@ class Watch:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         if self.mode == "live":
             snapshot = self.remote.snapshot(deployment_id)
-            with Live(
-                deployment_view(snapshot, time.time()),
-                console=self.console,
-                refresh_per_second=8,
-                transient=False,
-            ) as live:
-                while not snapshot.terminal and not _passed(deadline):
-                    time.sleep(self.interval)
-                    snapshot = self.remote.snapshot(deployment_id)
-                    live.update(deployment_view(snapshot, time.time()))
+            self.console.soft_wrap = False  # a live region must wrap, never overflow
+            try:
+                with Live(
+                    deployment_view(snapshot, time.time()),
+                    console=self.console,
+                    refresh_per_second=8,
+                    transient=False,
+                ) as live:
+                    while not snapshot.terminal and not _passed(deadline):
+                        time.sleep(self.interval)
+                        snapshot = self.remote.snapshot(deployment_id)
+                        live.update(deployment_view(snapshot, time.time()))
+            finally:
+                self.console.soft_wrap = True
             return snapshot, snapshot.terminal
         while True:
             snapshot = self.remote.snapshot(deployment_id)
@@ -108,25 +114,15 @@ class Watch:
         return snapshot, snapshot.terminal
 
     def _print_changes(self, snapshot: Snapshot) -> None:
-        if snapshot.status != self._status:
-            self._status = snapshot.status
-            line = Text(f"{snapshot.deployment_id} ")
-            line.append(snapshot.status, style=STATUS_STYLES.get(snapshot.status, ""))
-            self.console.print(line)
+        if not self._status:
+            self._print_status(snapshot)
         for target in snapshot.targets:
             name = str(target.get("targetId"))
             for event in target.get("lifecycleEvents") or []:
                 status = str(event.get("status"))
                 key = (name, str(event["lifecycleEventName"]))
-                if self._seen.get(key) == status or status not in (
-                    "Succeeded",
-                    "Failed",
-                    "Skipped",
-                ):
-                    continue
-                if status == "Skipped" and self._seen.get(key) is None:
-                    # Skipped events of a host that never started are shown in the grid.
-                    self._seen[key] = status
+                # Finished events, once each; skipped ones are shown by the final grid.
+                if status not in ("Succeeded", "Failed") or self._seen.get(key) == status:
                     continue
                 self._seen[key] = status
                 self.console.print(_event_line(name, event))
@@ -137,6 +133,14 @@ class Watch:
             self._done = done
             if done:
                 self.console.print(Text(f"  {done}/{total} hosts done", style="dim"))
+        if snapshot.status != self._status:
+            self._print_status(snapshot)
+
+    def _print_status(self, snapshot: Snapshot) -> None:
+        self._status = snapshot.status
+        line = Text(f"{snapshot.deployment_id} ")
+        line.append(snapshot.status, style=STATUS_STYLES.get(snapshot.status, ""))
+        self.console.print(line)
 
 
 def _event_line(host: str, event: Mapping[str, Any]) -> Text:
@@ -148,9 +152,11 @@ def _event_line(host: str, event: Mapping[str, Any]) -> Text:
     line.append(f" {format_duration(seconds):>6}", style="dim")
     diagnostics = event.get("diagnostics") or {}
     if status == "Failed":
-        script = diagnostics.get("scriptName") or ""
-        message = str(diagnostics.get("message") or "").strip().splitlines()
-        detail = " ".join(part for part in (script, message[0] if message else "") if part)
+        script = str(diagnostics.get("scriptName") or "")
+        lines = str(diagnostics.get("message") or "").strip().splitlines()
+        detail = lines[0] if lines else ""
+        if script and script not in detail:
+            detail = f"{script}: {detail}" if detail else script
         if detail:
             line.append(f"  {detail}", style="red")
     return line
@@ -182,17 +188,22 @@ def collect_failures(remote: Remote, snapshot: Snapshot, *, log_lines: int = 20)
         name = str(target.get("targetId"))
         event_name = str(event["lifecycleEventName"])
         script = str(diagnostics.get("scriptName") or "")
+        tail = str(diagnostics.get("logTail") or "")
+        last = tail.rstrip("\n").rpartition("\n")[2].strip()
+        if _TRUNCATED in last:
+            last = ""
         full = (
             remote.full_log(
                 snapshot.deployment_id,
                 name,
                 event_name,
-                settle=LOG_SETTLE_SECONDS if script else 0.0,
+                settle=LOG_SETTLE_SECONDS,
+                expect_end=last or None,
             )
             if script
             else None
         )
-        log = full if full else str(diagnostics.get("logTail") or "")
+        log = full if full else tail
         failures.append(
             Failure(
                 instance=name,
@@ -390,7 +401,7 @@ def create_deployment(
     return str(result["deploymentId"])
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=EXIT_CODES, short_help="Deploy a revision; --wait to watch it live.")
 @click.option("--application", "-a", required=True, help="The application.")
 @click.option("--deployment-group", "-g", "group", required=True, help="The deployment group.")
 @click.option(
@@ -417,6 +428,7 @@ def create_deployment(
 @click.option(
     "--file-exists-behavior",
     type=click.Choice(["DISALLOW", "OVERWRITE", "RETAIN"], case_sensitive=False),
+    metavar="[DISALLOW|OVERWRITE|RETAIN]",
     default=None,
     help="What Install does with files it did not put there [default DISALLOW; the "
     "appspec's file_exists_behavior wins].",

@@ -331,17 +331,18 @@ class Remote:
         event: str,
         *,
         settle: float = 0.0,
+        expect_end: str | None = None,
     ) -> str | None:
         """The event's whole log, or None when the server cannot give it.
 
-        The agent sends a hook's last chunk just after the event completes, so with ``settle``
-        the log is read again until it stops growing (at most ``settle`` seconds).
+        The agent sends a hook's last chunk just after the event completes, so the log is
+        read again (for at most ``settle`` seconds) until it ends with ``expect_end`` (the last
+        line of the diagnostics' tail) or, without one, until it stops growing.
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
         deadline = time.monotonic() + settle
         last_size = -1
-        text = ""
         while True:
             try:
                 result = self.opendeploy.get_lifecycle_event_log(
@@ -354,10 +355,14 @@ class Remote:
                 return None
             text = str(result.get("log") or "")
             size = int(result.get("size") or len(text))
-            if time.monotonic() >= deadline or (size == last_size and size > 0):
+            if expect_end:
+                complete = text.rstrip("\n").endswith(expect_end)
+            else:
+                complete = size == last_size and size > 0
+            if complete or time.monotonic() >= deadline:
                 return text
             last_size = size
-            time.sleep(0.25)
+            time.sleep(0.2)
 
 
 def chunked(items: list[str], size: int) -> Iterator[list[str]]:

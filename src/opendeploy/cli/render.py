@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import click
 from rich.console import Console, Group, RenderableType
@@ -42,7 +43,7 @@ __all__ = [
     "status_text",
 ]
 
-F = TypeVar("F", bound=Callable[..., Any])
+_HEX = re.compile(r"[0-9a-f]{40,}")
 
 EXIT_FAILED: Final = 3
 EXIT_STOPPED: Final = 4
@@ -50,12 +51,13 @@ EXIT_TIMEOUT: Final = 5
 
 EXIT_CODES: Final = """\b
 Exit codes:
-  0  success (the deployment succeeded, or the command did what it says)
-  1  an error: the server is unreachable, refused the request, or a name is wrong
-  2  the command line is wrong (unknown option, missing argument)
-  3  the deployment (or local run) failed
-  4  the deployment was stopped
-  5  --timeout passed before the deployment finished
+  0    success (the deployment succeeded, or the command did what it says)
+  1    an error: the server is unreachable, refused the request, or a name is wrong
+  2    the command line is wrong (unknown option, missing argument)
+  3    the deployment (or local run) failed
+  4    the deployment was stopped
+  5    --timeout passed before the deployment finished
+  130  interrupted (Ctrl-C); a deployment being watched goes on
 """
 
 OUTPUT = click.option(
@@ -97,7 +99,7 @@ def make_console(*, stderr: bool = False) -> Console:
     width = None
     if not stream.isatty() and "COLUMNS" not in os.environ:
         width = 120
-    return Console(file=stream, highlight=False, width=width, soft_wrap=False)
+    return Console(file=stream, highlight=False, width=width, soft_wrap=True)
 
 
 def _json_default(value: object) -> object:
@@ -165,7 +167,8 @@ def revision_text(revision: Mapping[str, Any] | None) -> str:
     kind = revision.get("revisionType")
     if kind == "S3":
         s3 = revision.get("s3Location") or {}
-        text = f"s3://{s3.get('bucket')}/{s3.get('key')}"
+        key = _HEX.sub(lambda match: match.group(0)[:12] + "…", str(s3.get("key")))
+        text = f"s3://{s3.get('bucket')}/{key}"
         if s3.get("version"):
             text += f"?versionId={s3['version']}"
         return text
@@ -183,6 +186,11 @@ def exit_code_for(status: str) -> int:
     if status in ("Failed",):
         return EXIT_FAILED
     return 0
+
+
+def _words(name: str) -> str:
+    """``InProgress`` -> ``in progress``."""
+    return "".join(" " + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 def _event_header(name: str) -> str:
@@ -223,7 +231,7 @@ def deployment_header(info: Mapping[str, Any], now: float) -> RenderableType:
     if elapsed is not None:
         title.append(f"  {format_duration(elapsed)}", style="dim")
     lines: list[RenderableType] = [title]
-    details = Text(style="dim")
+    details = Text(style="dim", no_wrap=False)
     details.append(f"config {info.get('deploymentConfigName')}")
     details.append(f" · revision {revision_text(info.get('revision'))}")
     if info.get("description"):
@@ -247,7 +255,7 @@ def overview_view(info: Mapping[str, Any]) -> RenderableType:
             if counts:
                 counts.append(" · ", style="dim")
             counts.append(
-                f"{value} {key.lower()}", style=STATUS_STYLES.get(key, "") if value else "dim"
+                f"{value} {_words(key)}", style=STATUS_STYLES.get(key, "") if value else "dim"
             )
     failed = int(overview.get("Failed") or 0)
     bar = ProgressBar(
@@ -293,7 +301,9 @@ def deployment_view(snapshot: Snapshot, now: float) -> RenderableType:
     error = snapshot.info.get("errorInformation")
     if error and snapshot.terminal:
         parts.append(Text(""))
-        parts.append(Text(f"{error.get('code')}: {error.get('message')}", style="red"))
+        parts.append(
+            Text(f"{error.get('code')}: {error.get('message')}", style="red", no_wrap=False)
+        )
     return Group(*parts)
 
 
@@ -341,11 +351,11 @@ def failure_view(
         body: list[RenderableType] = []
         message = failure.message or failure.error_code
         if message:
-            body.append(Text(f"{failure.error_code}: {message}", style="red"))
+            body.append(Text(f"{failure.error_code}: {message}", style="red", no_wrap=False))
         if failure.log:
             source = "end of the log" if failure.full_log else "end of the log (diagnostics tail)"
             body.append(Text(source + ":", style="dim"))
-            body.append(Text(failure.log))
+            body.append(Text(failure.log, no_wrap=False, overflow="fold"))
         hint = (
             f"full log: opendeploy logs {deployment_id} --instance {failure.instance} "
             f"--event {failure.event}"

@@ -57,6 +57,47 @@ _DATABASE_URL = click.option(
     help="The S3 endpoint of an s3:// bundle store, e.g. http://127.0.0.1:8333 "
     "[env OPENDEPLOY_S3_ENDPOINT_URL; default AWS]. Credentials: the AWS environment.",
 )
+@click.option(
+    "--sns-endpoint-url",
+    default=None,
+    help="The SNS endpoint that triggers with an SNS topic ARN publish to "
+    "[env OPENDEPLOY_SNS_ENDPOINT_URL; default AWS]. Credentials: the AWS environment; "
+    "region: the topic ARN's.",
+)
+@click.option(
+    "--trigger-timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds one trigger delivery attempt may take [env OPENDEPLOY_TRIGGER_TIMEOUT; "
+    "default 10].",
+)
+@click.option(
+    "--trigger-max-attempts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Attempts per trigger delivery, with exponential backoff, before it fails for good "
+    "[env OPENDEPLOY_TRIGGER_MAX_ATTEMPTS; default 8, over about 10 minutes].",
+)
+@click.option(
+    "--prometheus-url",
+    default=None,
+    help="Prometheus whose alerts are deployment alarms, e.g. http://127.0.0.1:9090 "
+    "[env OPENDEPLOY_PROMETHEUS_URL].",
+)
+@click.option(
+    "--alarm-poll-seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds between alarm polls while deployments run "
+    "[env OPENDEPLOY_ALARM_POLL_SECONDS; default 5].",
+)
+@click.option(
+    "--alertmanager-token",
+    default=None,
+    help="Bearer token Alertmanager sends to POST /alertmanager/webhook; prefer the env "
+    "variable, a flag shows in the process list [env OPENDEPLOY_ALERTMANAGER_TOKEN; "
+    "default none: pushes refused].",
+)
 @click.option("--log-level", default="info", show_default=True)
 def server(
     data_dir: Path | None,
@@ -68,6 +109,12 @@ def server(
     long_poll_seconds: float | None,
     bundle_store: str | None,
     s3_endpoint_url: str | None,
+    sns_endpoint_url: str | None,
+    trigger_timeout: float | None,
+    trigger_max_attempts: int | None,
+    prometheus_url: str | None,
+    alarm_poll_seconds: float | None,
+    alertmanager_token: str | None,
     log_level: str,
 ) -> None:
     """Run the OpenDeploy server (API, agent endpoint and dashboard on one port)."""
@@ -75,6 +122,7 @@ def server(
 
     from opendeploy.server.app import create_app
     from opendeploy.server.bootstrap import bootstrap
+    from opendeploy.server.triggers import TriggerOptions
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -87,8 +135,14 @@ def server(
         region=region,
         heartbeat_timeout=heartbeat_timeout,
         long_poll_seconds=long_poll_seconds,
+        prometheus_url=prometheus_url,
+        alarm_poll_seconds=alarm_poll_seconds,
+        alertmanager_token=alertmanager_token,
         bundle_store=bundle_store,
         s3_endpoint_url=s3_endpoint_url,
+        sns_endpoint_url=sns_endpoint_url,
+        trigger_timeout=trigger_timeout,
+        trigger_max_attempts=trigger_max_attempts,
     )
     try:
         started = bootstrap(settings)
@@ -111,6 +165,10 @@ def server(
         long_poll_seconds=settings.long_poll_seconds,
         reconcile_interval=settings.reconcile_interval,
         max_bundle_bytes=settings.max_bundle_bytes,
+        triggers=TriggerOptions.from_settings(settings),
+        prometheus_url=settings.prometheus_url,
+        alarm_poll_seconds=settings.alarm_poll_seconds,
+        alertmanager_token=settings.alertmanager_token,
     )
     uvicorn.run(
         app,

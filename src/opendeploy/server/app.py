@@ -17,12 +17,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opendeploy.server.agent_api import AgentApi, PollHub
+from opendeploy.server.alarms import AlarmMonitor
+from opendeploy.server.alertmanager_api import AlertmanagerApi
 from opendeploy.server.api import PublicApi
 from opendeploy.server.auth import Authenticator
 from opendeploy.server.bundles_api import BundlesApi
+from opendeploy.server.dashboard import dashboard_routes
 from opendeploy.server.reconciler import Reconciler
 from opendeploy.server.service.agent import AgentService
 from opendeploy.server.service.context import ServiceContext
+from opendeploy.server.triggers import TriggerOptions, TriggerWorker
 from opendeploy.store.wakeups import CommandChannel
 
 __all__ = ["create_app"]
@@ -61,6 +65,10 @@ def create_app(
     long_poll_seconds: float = 45.0,
     reconcile_interval: float = 5.0,
     max_bundle_bytes: int = 2 * 1024 * 1024 * 1024,
+    triggers: TriggerOptions | None = None,
+    prometheus_url: str = "",
+    alarm_poll_seconds: float = 5.0,
+    alertmanager_token: str = "",
 ) -> Starlette:
     hub = PollHub()
     channel = CommandChannel(context.db, hub.wake_local)
@@ -80,6 +88,9 @@ def create_app(
     reconciler = Reconciler(
         context, heartbeat_timeout=heartbeat_timeout, interval=reconcile_interval
     )
+    trigger_worker = TriggerWorker(context, triggers)
+    alarms = AlarmMonitor(context, prometheus_url=prometheus_url, interval=alarm_poll_seconds)
+    alertmanager = AlertmanagerApi(context, alarms, token=alertmanager_token)
 
     async def spec_signer(_: Request) -> Response:
         signer = await run_in_threadpool(lambda: agent_service.signer)
@@ -104,11 +115,15 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         reconciler.start()
+        trigger_worker.start()
+        alarms.start()
         channel.start()
         try:
             yield
         finally:
             channel.stop()
+            alarms.stop()
+            trigger_worker.stop()
             reconciler.stop()
             context.db.dispose()
 
@@ -117,6 +132,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/agent/spec-signer.pem", spec_signer, methods=["GET"]),
+        Route("/alertmanager/webhook", alertmanager.webhook, methods=["POST"]),
     ]
     if context.bundles is not None:
         bundles = BundlesApi(
@@ -129,6 +145,7 @@ def create_app(
             Route("/bundles", bundles.upload, methods=["PUT"]),
             Route("/agent/bundles/{sha256}", bundles.download, methods=["GET"]),
         ]
+    routes += dashboard_routes(context)
 
     return Starlette(
         routes=routes,

@@ -298,3 +298,63 @@ notifications = Table(
     Column("instance_name", String(100)),
     Column("created_time", Float, nullable=False, index=True),
 )
+
+#: Alert states pushed by Alertmanager's webhook (server/alarms.py), one row per alert
+#: (Alertmanager's fingerprint of its label set). ``changed_time`` is when the alert started
+#: firing or was resolved, by Alertmanager's clock; an older notification never overwrites a
+#: newer one.
+pushed_alerts = Table(
+    "pushed_alerts",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("alert_name", String(255), nullable=False, index=True),
+    Column("firing", Boolean, nullable=False),
+    Column("changed_time", Float, nullable=False),
+    Column("received_time", Float, nullable=False, index=True),
+)
+
+#: Outbox rows the trigger worker has matched against their group's triggers: one row each,
+#: written with the deliveries it made (none when no trigger wanted the event).
+trigger_fanout = Table(
+    "trigger_fanout",
+    metadata,
+    Column("notification_id", Integer, primary_key=True, autoincrement=False),
+    Column("fanout_time", Float, nullable=False),
+)
+
+#: One trigger event on its way to one trigger target, with its retry state and outcome.
+trigger_deliveries = Table(
+    "trigger_deliveries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("notification_id", Integer, nullable=False),
+    Column("deployment_id", String(16), nullable=False, index=True),
+    Column("group_id", String(36), nullable=False),
+    Column("trigger_name", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("instance_name", String(100)),
+    Column("subject", String(100), nullable=False),
+    # The exact message sent at every attempt (its signature covers these bytes).
+    Column("body", Text, nullable=False),
+    # Pending (first attempt or a retry is due at next_attempt_time), InProgress (claimed by
+    # a worker until lease_until), Delivered, Failed.
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_time", Float),
+    Column("lease_token", String(36)),
+    Column("lease_until", Float),
+    Column("last_error", Text),
+    Column("last_http_status", Integer),
+    Column("create_time", Float, nullable=False),
+    Column("last_attempt_time", Float),
+    Column("complete_time", Float),
+    UniqueConstraint(
+        "notification_id", "trigger_name", name="uq_trigger_deliveries_notification_trigger"
+    ),
+)
+Index(
+    "ix_trigger_deliveries_status_next",
+    trigger_deliveries.c.status,
+    trigger_deliveries.c.next_attempt_time,
+)

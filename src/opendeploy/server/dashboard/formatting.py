@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
+
+from jinja2 import Undefined
 
 __all__ = ["FILTERS", "ago", "duration", "event_duration", "revision_label", "status_class", "utc"]
 
 
+def _given(value: Any) -> Any:
+    """None for a member a template asked for but the dict does not have."""
+    return None if isinstance(value, Undefined) else value
+
+
 def utc(epoch: float | None, seconds: bool = True) -> str:
+    epoch = _given(epoch)
     if epoch is None:
         return "—"
     moment = dt.datetime.fromtimestamp(epoch, dt.UTC)
@@ -17,6 +26,7 @@ def utc(epoch: float | None, seconds: bool = True) -> str:
 
 
 def iso(epoch: float | None) -> str:
+    epoch = _given(epoch)
     if epoch is None:
         return ""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
@@ -39,6 +49,7 @@ def _span(seconds: float) -> str:
 
 
 def ago(epoch: float | None, now: float) -> str:
+    epoch = _given(epoch)
     if epoch is None:
         return "—"
     seconds = now - epoch
@@ -55,6 +66,7 @@ def ago(epoch: float | None, now: float) -> str:
 
 def duration(start: float | None, end: float | None, now: float | None = None) -> str:
     """How long something took, or has been running (``end`` None: until ``now``)."""
+    start, end, now = _given(start), _given(end), _given(now)
     if start is None:
         return ""
     finish = end if end is not None else now
@@ -77,6 +89,7 @@ def status_class(status: str | None) -> str:
 
 def revision_label(revision: Mapping[str, Any] | None) -> str:
     """One line naming a revision the way its type does."""
+    revision = _given(revision)
     if not revision:
         return "—"
     kind = revision.get("revisionType")
@@ -98,6 +111,7 @@ def revision_label(revision: Mapping[str, Any] | None) -> str:
 
 def short_sha(revision: Mapping[str, Any] | None) -> str:
     """The bundle's content hash when the location carries one (pushed bundles do)."""
+    revision = _given(revision)
     if not revision:
         return ""
     key = str((revision.get("s3Location") or {}).get("key", ""))
@@ -108,7 +122,20 @@ def short_sha(revision: Mapping[str, Any] | None) -> str:
     return ""
 
 
+def spaced(name: str) -> str:
+    """``ApplicationStop`` -> ``Application Stop``, so grid headers can wrap."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)
+
+
+def revision_short(revision: Mapping[str, Any] | None) -> str:
+    """A pushed bundle by its hash prefix; any other revision by its label."""
+    sha = short_sha(revision)
+    return f"bundle {sha}" if sha else revision_label(revision)
+
+
 FILTERS = {
+    "revision_short": revision_short,
+    "spaced": spaced,
     "utc": utc,
     "iso": iso,
     "ago": ago,

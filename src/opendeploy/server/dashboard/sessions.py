@@ -267,4 +267,3 @@ def _caller_of(connection: Connection, access_key_id: str) -> Caller | None:
         policies=frozenset(identities.policies_of(connection, user.name)),
         access_key_id=access_key_id,
     )
-

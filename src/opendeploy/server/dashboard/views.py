@@ -12,11 +12,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opendeploy.core.deployments import ACTIVE_DEPLOYMENT_STATUSES, DeploymentStatus
+from opendeploy.core.deployments import (
+    ACTIVE_DEPLOYMENT_STATUSES,
+    DeploymentStatus,
+    InstanceTarget,
+)
 from opendeploy.core.errors import ServiceError
 from opendeploy.core.targeting import matches_any, matches_tag_set
 from opendeploy.server.service import applications, configs, deployments, groups, instances
 from opendeploy.server.service.context import ServiceContext
+from opendeploy.store import deployments as deployment_store
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
@@ -41,7 +46,6 @@ LOG_DISPLAY_LIMIT = 256 * 1024
 RECENT = 5
 HISTORY_PAGE = 50
 _BATCH = 100
-_TARGET_BATCH = 25
 
 
 def _pages(call: Any, ctx: ServiceContext, params: dict[str, Any], member: str) -> Iterator[Any]:
@@ -204,21 +208,17 @@ class DeploymentView:
         ]
 
 
-def _targets(ctx: ServiceContext, deployment_id: str) -> list[dict[str, Any]]:
-    names = list(
-        _pages(
-            deployments.list_deployment_targets, ctx, {"deploymentId": deployment_id}, "targetIds"
-        )
-    )
-    found: list[dict[str, Any]] = []
-    for chunk in _chunks(names, _TARGET_BATCH):
-        found += [
-            target["instanceTarget"]
-            for target in deployments.batch_get_deployment_targets(
-                ctx, {"deploymentId": deployment_id, "targetIds": chunk}
-            )["deploymentTargets"]
-        ]
-    return found
+def _target_shape(target: InstanceTarget) -> dict[str, Any]:
+    """An ``InstanceTarget`` as the API shows it, with its events also by name."""
+    events = [event.to_api() for event in target.events]
+    return {
+        "deploymentId": target.deployment_id,
+        "targetId": target.instance_name,
+        "status": target.status.value,
+        "lastUpdatedAt": target.last_updated,
+        "lifecycleEvents": events,
+        "eventMap": {event["lifecycleEventName"]: event for event in events},
+    }
 
 
 def last_good_deployment(ctx: ServiceContext, info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -244,8 +244,14 @@ def last_good_deployment(ctx: ServiceContext, info: Mapping[str, Any]) -> dict[s
 
 
 def deployment_view(ctx: ServiceContext, deployment_id: str) -> DeploymentView:
-    info = deployments.get_deployment(ctx, {"deploymentId": deployment_id})["deploymentInfo"]
-    targets = _targets(ctx, deployment_id)
+    """The deployment and all its targets, read in one transaction: the live grid asks for
+    this every second, so it costs one query of the targets whatever the fleet's size (the
+    API's BatchGetDeploymentTargets would take one call per 25 hosts)."""
+    with ctx.db.read() as connection:
+        deployment = deployments.require_deployment(connection, deployment_id)
+        stored = deployment_store.targets_of(connection, deployment_id)
+    info = deployments.deployment_info(deployment, stored)
+    targets = [_target_shape(target) for target in sorted(stored, key=lambda t: t.position)]
     events: list[str] = []
     for target in targets:
         for event in target["lifecycleEvents"]:
@@ -395,7 +401,7 @@ def rollback(ctx: ServiceContext, deployment_id: str) -> str:
     good = last_good_deployment(ctx, info)
     if good is None:
         raise ServiceError(
-            "RevisionDoesNotExistException",
+            "InvalidOperationException",
             f"The deployment group {info['deploymentGroupName']} has no successful deployment "
             f"before {deployment_id} to roll back to.",
         )

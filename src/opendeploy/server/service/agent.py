@@ -31,6 +31,9 @@ __all__ = [
 
 #: A command handed to an agent that never acknowledged it is handed over again after this.
 REDELIVER_AFTER_SECONDS = 60.0
+#: Signed specifications (and their deployments' hosts) kept in memory, and for how long.
+SPEC_CACHE_SIZE = 256
+SPEC_CACHE_SECONDS = 30.0
 
 
 def _client_error(message: str) -> ServiceError:
@@ -68,10 +71,12 @@ def _parse_diagnostics(diagnostics: Mapping[str, Any] | None) -> dict[str, Any]:
 class AgentService:
     """The agent API's use cases.
 
-    Two things every request would otherwise pay for are kept briefly in memory: which
+    Three things every request would otherwise pay for are kept briefly in memory: which
     instance an agent user stands for (``host_ttl``; a deregistration takes effect within
-    it) and when a host was last heard of (written at most every ``contact_interval``; the
-    heartbeat timeout is many times longer).
+    it), when a host was last heard of (written at most every ``contact_interval``; the
+    heartbeat timeout is many times longer), and each deployment's signed specification with
+    the names of its hosts (``spec_ttl``: every host of a deployment asks for the same one, and
+    building it reads all the deployment's targets and signs).
     """
 
     def __init__(
@@ -81,12 +86,16 @@ class AgentService:
         *,
         host_ttl: float = 5.0,
         contact_interval: float = 5.0,
+        spec_ttl: float = SPEC_CACHE_SECONDS,
     ) -> None:
         self.ctx = ctx
         self._signer = signer
         self.host_ttl = host_ttl
         self.contact_interval = contact_interval
+        self.spec_ttl = spec_ttl
         self._hosts: dict[str, tuple[float, Host]] = {}
+        #: deployment id -> (expiry, its hosts' names, the signed specification response)
+        self._specs: dict[str, tuple[float, frozenset[str], dict[str, Any]]] = {}
         self._contacts: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -167,24 +176,42 @@ class AgentService:
             raise _client_error(f"No command {command_id} for this host.")
         return command
 
-    def _deployment_for_host(self, host: Host, deployment_id: str) -> Deployment:
+    def specification(self, host: Host, execution_id: str) -> dict[str, Any]:
+        """The signed specification, for a host the deployment targets."""
+        deployment_id = _deployment_of_execution(execution_id)
+        now = self.ctx.clock()
+        cached = self._specs.get(deployment_id)
+        if cached is None or cached[0] <= now:
+            cached = self._build_specification(deployment_id, now)
+        _, hosts, response = cached
+        if host.instance.name not in hosts:
+            raise _client_error(f"No deployment {deployment_id} for this host.")
+        return response
+
+    def _build_specification(
+        self, deployment_id: str, now: float
+    ) -> tuple[float, frozenset[str], dict[str, Any]]:
         with self.ctx.db.read() as connection:
             deployment = store.by_id(connection, deployment_id)
             targets = store.targets_of(connection, deployment_id) if deployment else []
-        if deployment is None or host.instance.name not in {t.instance_name for t in targets}:
+        if deployment is None:
             raise _client_error(f"No deployment {deployment_id} for this host.")
-        return deployment
-
-    def specification(self, host: Host, execution_id: str) -> dict[str, Any]:
-        deployment = self._deployment_for_host(host, _deployment_of_execution(execution_id))
         spec = self.spec_document(deployment)
         payload = json.dumps(spec, separators=(",", ":")).encode()
-        return {
+        response = {
             "DeploymentSystem": "CodeDeploy",
             "DeploymentSpecification": {
                 "GenericEnvelope": {"Format": "PKCS7/JSON", "Payload": self.signer.sign(payload)}
             },
         }
+        entry = (now + self.spec_ttl, frozenset(t.instance_name for t in targets), response)
+        with self._lock:
+            if len(self._specs) >= SPEC_CACHE_SIZE:
+                expired = [key for key, value in self._specs.items() if value[0] <= now]
+                for key in expired or list(self._specs)[: SPEC_CACHE_SIZE // 2]:
+                    del self._specs[key]
+            self._specs[deployment_id] = entry
+        return entry
 
     def spec_document(self, deployment: Deployment) -> dict[str, Any]:
         """The deployment specification JSON, in the stock agent's shape."""

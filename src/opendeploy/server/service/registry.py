@@ -14,6 +14,7 @@ from opendeploy.server.service import (
     instances,
     revisions,
     tagging,
+    triggers_api,
 )
 from opendeploy.server.service.context import ServiceContext
 
@@ -81,4 +82,6 @@ IAM_OPERATIONS: Mapping[str, Handler] = {
 #: Our extensions of the public API (target prefix ``OpenDeploy_20261126``).
 OPENDEPLOY_OPERATIONS: Mapping[str, Handler] = {
     "GetLifecycleEventLog": deployments.get_lifecycle_event_log,
+    "ListTriggerDeliveries": triggers_api.list_trigger_deliveries,
+    "RevealTriggerSecret": triggers_api.reveal_trigger_secret,
 }
