@@ -192,6 +192,8 @@ class Stats:
     #: Dispatch latencies (s): first command of a deployment, and every later one.
     first: list[float] = field(default_factory=list)
     later: list[float] = field(default_factory=list)
+    #: The same, by command name.
+    by_event: dict[str, list[float]] = field(default_factory=dict)
     #: Hosts that completed each deployment's last command.
     completed: int = 0
     first_polls: int = 0
@@ -262,11 +264,16 @@ class SimAgent:
                     continue
                 received = time.monotonic()
                 execution = command["DeploymentExecutionId"]
+                latency = None
                 if execution == previous_execution and ready_at is not None:
-                    stats.later.append(received - ready_at)
+                    latency = received - ready_at
+                    stats.later.append(latency)
                 elif stats.created_at is not None:
                     # The server may wake the poll before CreateDeployment has answered.
-                    stats.first.append(max(0.0, received - stats.created_at))
+                    latency = max(0.0, received - stats.created_at)
+                    stats.first.append(latency)
+                if latency is not None:
+                    stats.by_event.setdefault(command["CommandName"], []).append(latency)
                 previous_execution = execution
                 command_id = command["HostCommandIdentifier"]
                 if execution not in self.specs:
@@ -388,6 +395,7 @@ async def run_fleet(
     idle_seconds: float,
     long_poll: float,
     emit: Callable[[str], None],
+    verbose: bool = False,
 ) -> None:
     backend = "postgresql" if database_url else "sqlite"
     prefix = f"fleet backend={backend} replicas={replicas} hosts={hosts}"
@@ -499,6 +507,14 @@ async def run_fleet(
                 await asyncio.gather(*tasks, return_exceptions=True)
                 for kind, count in stats.kinds.most_common(5):
                     emit(f"# {count} x {kind}")
+                if verbose:
+                    for event, values in stats.by_event.items():
+                        emit(
+                            f"# dispatch {event}: n={len(values)} "
+                            f"p50_ms={1000 * percentile(values, 0.5):.0f} "
+                            f"p99_ms={1000 * percentile(values, 0.99):.0f} "
+                            f"max_ms={1000 * max(values):.0f}"
+                        )
 
 
 def agent_footprint(idle_seconds: float, emit: Callable[[str], None]) -> None:
@@ -546,6 +562,7 @@ def main() -> None:
     )
     parser.add_argument("--agent-footprint", action="store_true")
     parser.add_argument("--no-fleet", action="store_true", help="only the agent footprint")
+    parser.add_argument("--verbose", action="store_true", help="dispatch latency by event")
     args = parser.parse_args()
 
     def emit(line: str) -> None:
@@ -568,6 +585,7 @@ def main() -> None:
                     args.idle_seconds,
                     args.long_poll_seconds,
                     emit,
+                    args.verbose,
                 )
             )
     if args.agent_footprint:

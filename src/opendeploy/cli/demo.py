@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,11 +53,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _copy_tree(source: Traversable, destination: Path) -> None:
+    """Copy package data (a directory, wherever the package is installed from)."""
+    destination.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.name == "__pycache__":
+            continue
+        if entry.is_dir():
+            _copy_tree(entry, destination / entry.name)
+        else:
+            (destination / entry.name).write_bytes(entry.read_bytes())
+
+
 def _write_release(destination: Path, release: int, *, break_on: str | None = None) -> Path:
     """A copy of the demo app as release ``release`` (optionally failing on one host)."""
-    source = resources.files("opendeploy") / "demo_app"
-    with resources.as_file(source) as path:
-        shutil.copytree(path, destination)
+    _copy_tree(resources.files("opendeploy") / "demo_app", destination)
     (destination / "site" / "VERSION").write_text(f"{release}\n")
     index = destination / "site" / "index.html"
     index.write_text(index.read_text().replace("see VERSION", str(release)))

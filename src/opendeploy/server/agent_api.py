@@ -46,6 +46,7 @@ class PollHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Tells the other replicas (PostgreSQL NOTIFY); None with one server.
         self.publish = publish
+        self.closing = False
 
     @property
     def waiting(self) -> int:
@@ -68,6 +69,13 @@ class PollHub:
     def _wake(self, names: tuple[str, ...]) -> None:
         for name in names:
             for event in self._waiters.get(name, ()):
+                event.set()
+
+    def release_all(self) -> None:
+        """Shutting down: every held poll answers now (empty), so the server stops at once."""
+        self.closing = True
+        for events in self._waiters.values():
+            for event in events:
                 event.set()
 
     @contextlib.contextmanager
@@ -173,7 +181,7 @@ class AgentApi:
                 event.clear()
                 command = await run_in_threadpool(self.service.claim, host)
                 remaining = deadline - loop.time()
-                if command is not None or remaining <= 0:
+                if command is not None or remaining <= 0 or self.hub.closing:
                     return command
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, self.recheck_seconds))

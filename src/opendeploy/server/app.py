@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opendeploy.server.agent_api import AgentApi, PollHub
@@ -121,13 +121,14 @@ def create_app(
         try:
             yield
         finally:
+            hub.release_all()
             channel.stop()
             alarms.stop()
             trigger_worker.stop()
             reconciler.stop()
             context.db.dispose()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/", api.handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

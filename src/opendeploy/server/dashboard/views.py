@@ -2,14 +2,16 @@
 
 Framework-free and synchronous: the routes run these in a worker thread. Every value is an
 API-shaped dict (or a small dataclass around them), so the templates read the same member
-names a boto3 user knows.
+names a boto3 user knows. The one read outside a List/Get use case is the live grid's
+(``deployment_view``): the deployment and its targets in one transaction, shaped by the
+service's own ``deployment_info``. Every change goes through a service use case.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opendeploy.core.deployments import (
@@ -191,7 +193,6 @@ class DeploymentView:
     #: For a finished deployment: the earlier Succeeded deployment of its group, if any.
     rollback_to: dict[str, Any] | None = None
     now: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import Connection
 
 from opendeploy.core.engine import Decision, Event, Started, decide
@@ -10,6 +12,8 @@ from opendeploy.server.service.rollbacks import start_rollback
 from opendeploy.store import deployments as store
 
 __all__ = ["feed", "feed_in", "wake"]
+
+log = logging.getLogger(__name__)
 
 
 def feed_in(
@@ -37,9 +41,15 @@ def feed_in(
 
 
 def wake(ctx: ServiceContext, *decisions: Decision) -> None:
+    """Wake the hosts that got commands. Never raises: the decisions are committed already,
+    and a host not woken finds its command at its next periodic re-check."""
     hosts = {c.instance_name for decision in decisions for c in decision.new_commands}
-    if hosts:
+    if not hosts:
+        return
+    try:
         ctx.notifier.notify(hosts)
+    except Exception:
+        log.exception("could not wake hosts %s; their polls will find the work anyway", hosts)
 
 
 def feed(
