@@ -194,6 +194,8 @@ class Stats:
     later: list[float] = field(default_factory=list)
     #: The same, by command name.
     by_event: dict[str, list[float]] = field(default_factory=dict)
+    #: Request durations (s) by operation, polls that carried a command only.
+    by_operation: dict[str, list[float]] = field(default_factory=dict)
     #: Hosts that completed each deployment's last command.
     completed: int = 0
     first_polls: int = 0
@@ -239,9 +241,13 @@ class SimAgent:
         )
         self.auth.add_auth(request)
         self.stats.requests += 1
+        started = time.monotonic()
         response = await self.http.post(
             self.url, content=body, headers=dict(request.headers.items())
         )
+        if operation != "PollHostCommand" or b"HostCommand" in response.content:
+            elapsed = time.monotonic() - started
+            self.stats.by_operation.setdefault(operation, []).append(elapsed)
         if response.status_code != 200:
             raise RuntimeError(f"{operation}: HTTP {response.status_code} {response.text[:200]}")
         result: dict[str, Any] = response.json()
@@ -508,6 +514,12 @@ async def run_fleet(
                 for kind, count in stats.kinds.most_common(5):
                     emit(f"# {count} x {kind}")
                 if verbose:
+                    for operation, values in stats.by_operation.items():
+                        emit(
+                            f"# request {operation}: n={len(values)} "
+                            f"p50_ms={1000 * percentile(values, 0.5):.0f} "
+                            f"p99_ms={1000 * percentile(values, 0.99):.0f}"
+                        )
                     for event, values in stats.by_event.items():
                         emit(
                             f"# dispatch {event}: n={len(values)} "

@@ -7,7 +7,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,14 @@ class FakeExecutor:
     def is_noop(self, name: str, spec: DeploymentSpec) -> bool:
         return self.noop
 
-    def execute(self, name: str, spec: DeploymentSpec, *, host_command_id: str) -> Outcome:
+    def execute(
+        self,
+        name: str,
+        spec: DeploymentSpec,
+        *,
+        host_command_id: str,
+        on_hook_start: Callable[[int], None] | None = None,
+    ) -> Outcome:
         self.executed.append(name)
         self.journal_seen.append((self.journal_dir / spec.deployment_id).exists())
         if self.delay:

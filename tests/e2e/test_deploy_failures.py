@@ -266,12 +266,6 @@ def test_an_agent_killed_mid_hook_fails_the_event_after_restart(
         kill_processes_with(marker)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product gap: after a SIGKILL and restart the agent reports the interrupted event"
-    " failed (code 7) but leaves the hook's process group running (agent/journal.py records"
-    " no process group; recover() kills nothing)",
-)
 def test_a_restarted_agent_stops_the_interrupted_hook(
     e2e: Environment, crash_host: LocalAgent, tmp_path: Path
 ) -> None:

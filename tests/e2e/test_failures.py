@@ -272,12 +272,6 @@ def test_a_failed_rollback_does_not_start_another(e2e: Environment, tmp_path: Pa
     ] == (rollback_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: server/service/rollbacks.py start_rollback copies the failed "
-    "deployment's ignoreApplicationStopFailures (usually false) instead of setting it, so the "
-    "failed revision's broken ApplicationStop fails the rollback on every host",
-)
 def test_a_rollback_ignores_the_failed_revisions_application_stop_failure(
     e2e: Environment, tmp_path: Path
 ) -> None:

@@ -303,15 +303,25 @@ class Executor:
         appspec = self._appspec(selected, spec)
         return not appspec.hooks.get(command_name)
 
-    def execute(self, command_name: str, spec: DeploymentSpec, *, host_command_id: str) -> Outcome:
-        """Run one command; never raises for a command failure (that is the Outcome)."""
+    def execute(
+        self,
+        command_name: str,
+        spec: DeploymentSpec,
+        *,
+        host_command_id: str,
+        on_hook_start: Callable[[int], None] | None = None,
+    ) -> Outcome:
+        """Run one command; never raises for a command failure (that is the Outcome).
+
+        ``on_hook_start`` is told the process id of each script as it starts.
+        """
         try:
             if command_name == "DownloadBundle":
                 return self._download_bundle(spec)
             if command_name == "Install":
                 return self._install(spec)
             if command_name in HOOK_COMMANDS:
-                return self._hook(command_name, spec, host_command_id)
+                return self._hook(command_name, spec, host_command_id, on_hook_start)
             return failure(f"Unsupported command type: {command_name}.")
         except OpenDeployError as exc:
             log.error("%s failed: %s", command_name, exc)
@@ -501,7 +511,13 @@ class Executor:
             )
         return read_appspec(archive, spec.appspec_filename)
 
-    def _hook(self, event: str, spec: DeploymentSpec, host_command_id: str) -> Outcome:
+    def _hook(
+        self,
+        event: str,
+        spec: DeploymentSpec,
+        host_command_id: str,
+        on_hook_start: Callable[[int], None] | None = None,
+    ) -> Outcome:
         selected = self._hook_revision(event, spec)
         if selected is None:
             log.info("%s: no previous revision, nothing to run", event)
@@ -527,6 +543,7 @@ class Executor:
                     log=script_log,
                     event=event,
                     kill_grace=self.kill_grace,
+                    on_spawn=on_hook_start,
                 )
         finally:
             uploader.close()

@@ -189,6 +189,7 @@ def run_hooks(
     event: str,
     kill_grace: float = 5.0,
     pipe_grace: float | None = None,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> HookOutcome:
     """Run ``hooks`` in order from ``archive_dir``; stop at the first failure.
 
@@ -196,7 +197,8 @@ def run_hooks(
     and the rest, and PATH). ``kill_grace`` is how long a timed-out script's process group has
     between SIGTERM and SIGKILL. ``pipe_grace`` bounds how long the agent waits, after a script
     exits, for processes it left behind to close its output; None means until the script's
-    deadline, as the stock agent does.
+    deadline, as the stock agent does. ``on_spawn`` is told each script's process id (its
+    process group's id too) as soon as it starts.
     """
     started = time.monotonic()
     if not hooks:
@@ -204,7 +206,7 @@ def run_hooks(
     log.clear_tail()
     log.note(f"LifecycleEvent - {event}")
     for hook in hooks:
-        failure = _Script(hook, archive_dir, env, log, kill_grace, pipe_grace).run()
+        failure = _Script(hook, archive_dir, env, log, kill_grace, pipe_grace, on_spawn).run()
         if failure is not None:
             return HookOutcome(
                 failure.code, hook.location, failure.message, log.tail, time.monotonic() - started
@@ -229,8 +231,10 @@ class _Script:
         log: ScriptLog,
         kill_grace: float,
         pipe_grace: float | None,
+        on_spawn: Callable[[int], None] | None = None,
     ) -> None:
         self.hook = hook
+        self.on_spawn = on_spawn
         self.archive = os.path.realpath(archive_dir)
         self.env = dict(env)
         self.log = log
@@ -336,7 +340,7 @@ class _Script:
             groups = os.getgrouplist(account.pw_name, account.pw_gid)
 
         def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -349,6 +353,9 @@ class _Script:
                 group=group,
                 extra_groups=groups,
             )
+            if self.on_spawn is not None:
+                self.on_spawn(process.pid)
+            return process
 
         try:
             try:

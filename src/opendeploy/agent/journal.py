@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,6 +63,9 @@ class JournalEntry:
     command_name: str | None = None
     started_at: float | None = None
     result: PendingResult | None = field(default=None)
+    #: The running hook's process group and the start time of its leader (clock ticks), so
+    #: a restarted agent can stop a hook its predecessor left behind, and no other process.
+    hook_group: tuple[int, int] | None = None
 
     def completion(self) -> tuple[str, dict[str, Any]]:
         """What to report for this entry after a restart: its result, else the code-7 failure."""
@@ -85,6 +89,15 @@ class Journal:
         entry = JournalEntry(deployment_id, host_command_id, command_name, time.time())
         self._write(entry)
         return entry
+
+    def note_hook(self, entry: JournalEntry, pid: int) -> JournalEntry:
+        """Record the process group of the hook ``entry`` just started."""
+        started = process_start_time(pid)
+        if started is None:
+            return entry
+        noted = replace(entry, hook_group=(pid, started))
+        self._write(noted)
+        return noted
 
     def finish(
         self, entry: JournalEntry, status: str, diagnostics: Mapping[str, Any]
@@ -139,6 +152,8 @@ class Journal:
             "CommandName": entry.command_name,
             "StartedAt": entry.started_at,
         }
+        if entry.hook_group is not None:
+            document["HookProcessGroup"] = list(entry.hook_group)
         if entry.result is not None:
             document["Result"] = {
                 "CommandStatus": entry.result.status,
@@ -171,13 +186,51 @@ def _parse(deployment_id: str, text: str) -> JournalEntry | None:
         result = PendingResult(
             str(raw["CommandStatus"]), diagnostics if isinstance(diagnostics, dict) else {}
         )
+    group = document.get("HookProcessGroup")
+    hook_group = None
+    if isinstance(group, list) and len(group) == 2 and all(isinstance(v, int) for v in group):
+        hook_group = (group[0], group[1])
     return JournalEntry(
         deployment_id,
         command_id,
         name if isinstance(name, str) else None,
         float(started) if isinstance(started, int | float) else None,
         result,
+        hook_group,
     )
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (None if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after its ")" are plain.
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def stop_left_behind_hook(entry: JournalEntry) -> bool:
+    """Kill the process group of a hook a dead agent left running; True if it did."""
+    if entry.hook_group is None:
+        return False
+    pid, started = entry.hook_group
+    if process_start_time(pid) != started:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    log.warning(
+        "[%s] killed the hook (process group %d) the previous agent left running",
+        entry.deployment_id,
+        pid,
+    )
+    return True
 
 
 def recover(
@@ -190,6 +243,8 @@ def recover(
     """
     pending = []
     for entry in journal.entries():
+        if entry.result is None:
+            stop_left_behind_hook(entry)
         status, diagnostics = entry.completion()
         what = "its recorded result" if entry.result is not None else "the agent-restart failure"
         log.warning(

@@ -46,7 +46,7 @@ from opendeploy.agent.executor import (
     SpecError,
     failure,
 )
-from opendeploy.agent.journal import Journal, recover
+from opendeploy.agent.journal import Journal, JournalEntry, recover
 
 __all__ = [
     "NOOP_DIAGNOSTICS",
@@ -366,7 +366,7 @@ class Agent:
             log.error("%s: cannot write the journal: %s", name, exc)
             self._complete(command_id, failure(f"The agent cannot write its journal: {exc}"))
             return
-        outcome = self._execute(command_id, name, spec)
+        outcome = self._execute(command_id, name, spec, entry)
         if outcome is None:
             log.warning("%s: killed; the next start reports it as failed", name)
             return
@@ -374,7 +374,16 @@ class Agent:
         if self._complete(command_id, outcome):
             self.journal.clear(entry)
 
-    def _execute(self, command_id: str, name: str, spec: DeploymentSpec) -> Outcome | None:
+    def _note_hook(self, entry: JournalEntry, pid: int) -> None:
+        """Journal the running hook's process group, for a restarted agent to stop."""
+        try:
+            self.journal.note_hook(entry, pid)
+        except OSError as exc:
+            log.warning("cannot journal the hook's process group: %s", exc)
+
+    def _execute(
+        self, command_id: str, name: str, spec: DeploymentSpec, entry: JournalEntry
+    ) -> Outcome | None:
         """Run the command with a heartbeat; None if killed by a second stop request."""
         done = threading.Event()
         heartbeat = threading.Thread(
@@ -385,7 +394,12 @@ class Agent:
         started = time.monotonic()
         try:
             outcome = self._wait_for(
-                lambda: self.executor.execute(name, spec, host_command_id=command_id),
+                lambda: self.executor.execute(
+                    name,
+                    spec,
+                    host_command_id=command_id,
+                    on_hook_start=lambda pid: self._note_hook(entry, pid),
+                ),
                 stop_on=lambda: self._killed,
             )
         except _Stopped:

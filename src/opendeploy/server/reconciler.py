@@ -32,6 +32,8 @@ class Reconciler:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When this reconciler started (a restarted server gives agents a full timeout).
+        self.started_at = ctx.clock()
         #: This replica, as lease holder.
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -51,7 +53,10 @@ class Reconciler:
             )
         lost = 0
         for command, _ in open_commands:
-            reference = max(contacts.get(command.instance_name, 0.0), command.created_time)
+            # Time this server was down is nobody's silence: count from its start at most.
+            reference = max(
+                contacts.get(command.instance_name, 0.0), command.created_time, self.started_at
+            )
             silent = now - reference
             if silent <= self.heartbeat_timeout:
                 continue
@@ -71,6 +76,7 @@ class Reconciler:
         return lost
 
     def start(self) -> None:
+        self.started_at = self.ctx.clock()
         self._thread = threading.Thread(target=self._run, name="opendeploy-reconciler", daemon=True)
         self._thread.start()
 

@@ -74,7 +74,9 @@ def start_rollback(ctx: ServiceContext, connection: Connection, failed_id: str) 
         revision=good.revision,
         status=DeploymentStatus.CREATED,
         create_time=ctx.clock(),
-        ignore_application_stop_failures=failed.ignore_application_stop_failures,
+        # The failed revision's ApplicationStop runs first; a broken one must not keep the
+        # hosts on the bad revision (issue 4): its failures are ignored.
+        ignore_application_stop_failures=True,
         file_exists_behavior=good.file_exists_behavior,
         details={
             **{k: v for k, v in failed.details.items() if k != "rollbackInfo"},
