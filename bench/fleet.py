@@ -23,13 +23,22 @@ over one long-poll period, so their polls are out of phase as in a real fleet. M
 The simulator shares the machine's cores with the server (and PostgreSQL): its CPU is printed
 beside the server's. Prints one line per measurement:
 
-    fleet backend=sqlite hosts=N phase=register wall_s=... hosts_per_s=...
-    fleet backend=sqlite hosts=N phase=idle window_s=30 requests_per_s=... server_cpu_pct=...
-    fleet backend=sqlite hosts=N phase=deploy config=AllAtOnce wall_s=... dispatch_p99_ms=...
+    fleet backend=sqlite replicas=1 hosts=N phase=register wall_s=... hosts_per_s=...
+    fleet backend=sqlite replicas=1 hosts=N phase=idle window_s=30 requests_per_s=...
+        server_cpu_pct=... db_cpu_pct=... sim_cpu_pct=... server_rss_mb=...
+    fleet backend=sqlite replicas=1 hosts=N phase=deploy config=AllAtOnce status=Succeeded
+        wall_s=... commands=7N/7N commands_per_s=... server_cpu_s=... server_peak_rss_mb=...
+        dispatch_p50_ms=... dispatch_p99_ms=... first_dispatch_p50_ms=... ...
     agent footprint idle_s=30 rss_mb=... cpu_pct=...
 
+(each on one line). A deployment still running after --deploy-timeout is reported with
+``status=Unfinished`` and what it did by then. ``--replicas 2`` runs two servers on one
+PostgreSQL database and splits the agents between them (their CPU and RSS are added up).
+``--verbose`` adds ``#`` lines: request durations by operation and dispatch latency by event.
+
 Usage: python bench/fleet.py [--hosts 500,1000,2000] [--database-url postgresql+psycopg://...]
-       [--replicas 1] [--idle-seconds 30] [--agent-footprint] [--no-fleet]
+       [--replicas 1] [--idle-seconds 30] [--long-poll-seconds 45] [--deploy-timeout 1800]
+       [--verbose] [--agent-footprint] [--no-fleet]
 """
 
 from __future__ import annotations
@@ -189,15 +198,18 @@ class Stats:
     errors: int = 0
     #: When the current deployment's CreateDeployment returned (monotonic), if any.
     created_at: float | None = None
-    #: Dispatch latencies (s): first command of a deployment, and every later one.
-    first: list[float] = field(default_factory=list)
+    #: When each host received a deployment's first command (monotonic): the dispatch
+    #: latency is counted from CreateDeployment's answer, which may come later.
+    first_received: list[float] = field(default_factory=list)
+    #: Dispatch latencies (s) of every later command.
     later: list[float] = field(default_factory=list)
     #: The same, by command name.
     by_event: dict[str, list[float]] = field(default_factory=dict)
     #: Request durations (s) by operation, polls that carried a command only.
     by_operation: dict[str, list[float]] = field(default_factory=dict)
-    #: Hosts that completed each deployment's last command.
+    #: Hosts that completed each deployment's last command; commands completed.
     completed: int = 0
+    completes: int = 0
     first_polls: int = 0
     #: Error messages seen, with how often.
     kinds: Counter[str] = field(default_factory=Counter)
@@ -270,16 +282,12 @@ class SimAgent:
                     continue
                 received = time.monotonic()
                 execution = command["DeploymentExecutionId"]
-                latency = None
                 if execution == previous_execution and ready_at is not None:
                     latency = received - ready_at
                     stats.later.append(latency)
-                elif stats.created_at is not None:
-                    # The server may wake the poll before CreateDeployment has answered.
-                    latency = max(0.0, received - stats.created_at)
-                    stats.first.append(latency)
-                if latency is not None:
                     stats.by_event.setdefault(command["CommandName"], []).append(latency)
+                else:
+                    stats.first_received.append(received)
                 previous_execution = execution
                 command_id = command["HostCommandIdentifier"]
                 if execution not in self.specs:
@@ -306,6 +314,7 @@ class SimAgent:
                     attempts=60,
                 )
                 ready_at = time.monotonic()
+                stats.completes += 1
                 if command["CommandName"] == last_event:
                     stats.completed += 1
                     ready_at = None
@@ -402,6 +411,7 @@ async def run_fleet(
     long_poll: float,
     emit: Callable[[str], None],
     verbose: bool = False,
+    deploy_timeout: float = 1800.0,
 ) -> None:
     backend = "postgresql" if database_url else "sqlite"
     prefix = f"fleet backend={backend} replicas={replicas} hosts={hosts}"
@@ -467,8 +477,10 @@ async def run_fleet(
 
                 requests = stats.requests
                 errors = stats.errors
+                completes = stats.completes
+                stats.first_received.clear()
+                stats.later.clear()
                 meter = Meter(pids, url).start()
-                stats.created_at = None
                 deployment_id = await asyncio.to_thread(
                     lambda: codedeploy.create_deployment(
                         applicationName="bench",
@@ -484,29 +496,38 @@ async def run_fleet(
                     )["deploymentId"]
                 )
                 stats.created_at = time.monotonic()
-                info = await asyncio.to_thread(
-                    wait_deployment,
-                    codedeploy,
-                    deployment_id,
-                    1800,
-                    lambda: stats.completed >= hosts,
-                )
+                try:
+                    info = await asyncio.to_thread(
+                        wait_deployment,
+                        codedeploy,
+                        deployment_id,
+                        deploy_timeout,
+                        lambda: stats.completed >= hosts,
+                    )
+                except TimeoutError:
+                    info = {"status": "Unfinished"}
                 meter.stop()
-                if info["status"] != "Succeeded":
-                    raise RuntimeError(f"{deployment_id} ended {info['status']}: {info}")
                 peak = sum(status_kb(pid, "VmHWM") for pid in pids)
                 later = stats.later
-                emit(
-                    f"{prefix} phase=deploy config=AllAtOnce wall_s={meter.wall:.2f} "
+                # A poll may be answered before CreateDeployment has answered: that is 0.
+                first = [max(0.0, at - stats.created_at) for at in stats.first_received]
+                done = stats.completes - completes
+                line = (
+                    f"{prefix} phase=deploy config=AllAtOnce status={info['status']} "
+                    f"wall_s={meter.wall:.2f} commands={done}/{hosts * 7} "
+                    f"commands_per_s={done / meter.wall:.1f} "
                     f"requests={stats.requests - requests} "
                     f"server_cpu_s={meter.server_cpu:.1f} db_cpu_s={meter.db_cpu:.1f} "
                     f"sim_cpu_s={meter.own_cpu:.1f} server_peak_rss_mb={peak / 1024:.0f} "
                     f"dispatch_p50_ms={1000 * percentile(later, 0.5):.1f} "
                     f"dispatch_p99_ms={1000 * percentile(later, 0.99):.1f} "
-                    f"first_dispatch_p50_ms={1000 * percentile(stats.first, 0.5):.0f} "
-                    f"first_dispatch_p99_ms={1000 * percentile(stats.first, 0.99):.0f} "
+                    f"first_dispatch_p50_ms={1000 * percentile(first, 0.5):.0f} "
+                    f"first_dispatch_p99_ms={1000 * percentile(first, 0.99):.0f} "
                     f"errors={stats.errors - errors}"
                 )
+                emit(line)
+                if info["status"] not in ("Succeeded", "Unfinished"):
+                    raise RuntimeError(f"{deployment_id} ended {info['status']}: {info}")
             finally:
                 for task in tasks:
                     task.cancel()
@@ -575,6 +596,12 @@ def main() -> None:
     parser.add_argument("--agent-footprint", action="store_true")
     parser.add_argument("--no-fleet", action="store_true", help="only the agent footprint")
     parser.add_argument("--verbose", action="store_true", help="dispatch latency by event")
+    parser.add_argument(
+        "--deploy-timeout",
+        type=float,
+        default=1800.0,
+        help="report the deployment as status=Unfinished (with what it did) after this",
+    )
     args = parser.parse_args()
 
     def emit(line: str) -> None:
@@ -598,6 +625,7 @@ def main() -> None:
                     args.long_poll_seconds,
                     emit,
                     args.verbose,
+                    args.deploy_timeout,
                 )
             )
     if args.agent_footprint:

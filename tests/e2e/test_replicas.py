@@ -202,6 +202,14 @@ class Cluster:
         lease = self.lease()
         return None if lease is None else int(str(lease["holder"]).split(":")[1])
 
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """A failing check inside gets the replicas' and agents' log tails."""
+        try:
+            yield
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.logs()}") from None
+
     def logs(self) -> str:
         parts = [
             f"--- replica {index + 1} log\n{tail(server.log_path, 60)}"
@@ -358,6 +366,11 @@ def _poll(endpoint: str, host: SimHost) -> dict[str, Any]:
 def test_a_long_poll_on_replica_2_wakes_when_replica_1_creates_its_command(
     cluster: Cluster, tmp_path: Path
 ) -> None:
+    with cluster.explained():
+        _wake_across_replicas(cluster, tmp_path)
+
+
+def _wake_across_replicas(cluster: Cluster, tmp_path: Path) -> None:
     tag = {"Key": unique("wake"), "Value": "on"}
     host = _register_sim_host(cluster, tag)
     codedeploy = cluster.client(0)
@@ -425,6 +438,11 @@ def test_one_replica_holds_the_reconciler_lease(cluster: Cluster) -> None:
 def test_a_replica_killed_mid_deployment_loses_nothing_and_repeats_nothing(
     cluster: Cluster, tmp_path: Path
 ) -> None:
+    with cluster.explained():
+        _kill_replica_1_mid_deployment(cluster, tmp_path)
+
+
+def _kill_replica_1_mid_deployment(cluster: Cluster, tmp_path: Path) -> None:
     agents = cluster.fleet.agents
     codedeploy = cluster.client(0)
     application = unique("app")
@@ -486,11 +504,9 @@ def test_a_replica_killed_mid_deployment_loses_nothing_and_repeats_nothing(
         info = survivor.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
         if info["status"] in ("Succeeded", "Failed", "Stopped"):
             break
-        assert time.monotonic() < until, f"{deployment_id} still {info['status']}\n" + (
-            cluster.logs()
-        )
+        assert time.monotonic() < until, f"{deployment_id} still {info['status']}"
         time.sleep(0.1)
-    assert info["status"] == "Succeeded", f"{info}\n{cluster.logs()}"
+    assert info["status"] == "Succeeded", info
     assert info["deploymentOverview"]["Succeeded"] == HOSTS, info["deploymentOverview"]
     # The agents of replica 1 reached replica 2 through the balancer.
     assert cluster.balancer.connections.get((0, 1), 0) > failed_over, cluster.balancer.connections

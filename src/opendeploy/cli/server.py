@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from opendeploy.core.errors import OpenDeployError
+from opendeploy.logs import configure_logging
 from opendeploy.settings import ServerSettings
 
 __all__ = ["db", "server"]
@@ -99,6 +99,13 @@ _DATABASE_URL = click.option(
     "default none: pushes refused].",
 )
 @click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with deployment_id on a deployment's lines.",
+)
 def server(
     data_dir: Path | None,
     database_url: str | None,
@@ -116,6 +123,7 @@ def server(
     alarm_poll_seconds: float | None,
     alertmanager_token: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the OpenDeploy server (API, agent endpoint and dashboard on one port)."""
     import uvicorn
@@ -124,9 +132,7 @@ def server(
     from opendeploy.server.bootstrap import bootstrap
     from opendeploy.server.triggers import TriggerOptions
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(log_level, json_lines=log_format == "json")
     settings = ServerSettings.from_env(
         data_dir=data_dir,
         database_url=database_url,

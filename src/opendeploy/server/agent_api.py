@@ -183,8 +183,14 @@ class AgentApi:
                 remaining = deadline - loop.time()
                 if command is not None or remaining <= 0 or self.hub.closing:
                     return command
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(event.wait(), min(remaining, self.recheck_seconds))
+                except TimeoutError:
+                    if deadline - loop.time() <= 0:
+                        # Nothing woke the poll and its time is up: answer empty without one
+                        # more look (half an idle poll's database work); the agent polls again
+                        # at once, and a poll looks first.
+                        return None
 
 
 def _json_body(body: bytes) -> dict[str, Any]:

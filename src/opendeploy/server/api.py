@@ -10,8 +10,9 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
@@ -94,8 +95,11 @@ class PublicApi:
         max_request_bytes: int,
         strict_shapes: bool = False,
         agent: AgentEndpoint | None = None,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.context = context
+        #: Told each request's operation and how long it took (metrics).
+        self.observe = observe
         self.max_request_bytes = max_request_bytes
         self.codedeploy = JsonProtocol(load_service_model("codedeploy"), strict=strict_shapes)
         extensions = JsonProtocol(service_model(PUBLIC_EXTENSIONS_SERVICE), strict=strict_shapes)
@@ -108,8 +112,17 @@ class PublicApi:
         self.agent = agent
 
     async def handle(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
+        started = time.perf_counter()
         target = request.headers.get("x-amz-target")
+        try:
+            return await self._handle(request, target)
+        finally:
+            if self.observe is not None:
+                operation = target.rpartition(".")[2] if target else "iam"
+                self.observe(operation, time.perf_counter() - started)
+
+    async def _handle(self, request: Request, target: str | None) -> Response:
+        request_id = str(uuid.uuid4())
         is_query = target is None and request.headers.get("content-type", "").startswith(
             "application/x-www-form-urlencoded"
         )

@@ -23,6 +23,7 @@ from opendeploy.server.api import PublicApi
 from opendeploy.server.auth import Authenticator
 from opendeploy.server.bundles_api import BundlesApi
 from opendeploy.server.dashboard import dashboard_routes
+from opendeploy.server.metrics import Metrics
 from opendeploy.server.reconciler import Reconciler
 from opendeploy.server.service.agent import AgentService
 from opendeploy.server.service.context import ServiceContext
@@ -82,9 +83,25 @@ def create_app(
         hub,
         long_poll_seconds=long_poll_seconds,
     )
-    api = PublicApi(
-        context, max_request_bytes=max_request_bytes, strict_shapes=strict_shapes, agent=agent
+    metrics = Metrics(
+        context.db,
+        waiting_polls=lambda: hub.waiting,
+        heartbeat_timeout=heartbeat_timeout,
+        clock=context.clock,
     )
+    agent_service.observe_event = metrics.observe_event
+    api = PublicApi(
+        context,
+        max_request_bytes=max_request_bytes,
+        strict_shapes=strict_shapes,
+        agent=agent,
+        observe=metrics.observe_request,
+    )
+
+    async def metrics_page(_: Request) -> Response:
+        body = await run_in_threadpool(metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     reconciler = Reconciler(
         context, heartbeat_timeout=heartbeat_timeout, interval=reconcile_interval
     )
@@ -132,6 +149,7 @@ def create_app(
         Route("/", api.handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
         Route("/agent/spec-signer.pem", spec_signer, methods=["GET"]),
         Route("/alertmanager/webhook", alertmanager.webhook, methods=["POST"]),
     ]

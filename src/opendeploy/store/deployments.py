@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opendeploy.core.deployments import (
@@ -37,6 +37,7 @@ __all__ = [
     "active_commands",
     "active_for_group",
     "add_notification",
+    "agents_heard_since",
     "append_log",
     "apply",
     "by_id",
@@ -53,6 +54,7 @@ __all__ = [
     "revisions_deployed_to",
     "set_details",
     "snapshot",
+    "status_counts",
     "targets_of",
 ]
 
@@ -523,4 +525,22 @@ def add_notification(
             instance_name=instance_name,
             created_time=now,
         )
+    )
+
+
+def status_counts(connection: Connection) -> dict[str, int]:
+    """How many deployments are in each status."""
+    rows = connection.execute(
+        select(deployments.c.status, func.count()).group_by(deployments.c.status)
+    ).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def agents_heard_since(connection: Connection, since: float) -> int:
+    return int(
+        connection.execute(
+            select(func.count())
+            .select_from(agent_contacts)
+            .where(agent_contacts.c.last_seen >= since)
+        ).scalar_one()
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,8 @@ class AgentService:
     ) -> None:
         self.ctx = ctx
         self._signer = signer
+        #: Told each lifecycle event's outcome and duration (metrics).
+        self.observe_event: Callable[[str, str, float], None] | None = None
         self.host_ttl = host_ttl
         self.contact_interval = contact_interval
         self.spec_ttl = spec_ttl
@@ -311,6 +313,10 @@ class AgentService:
     ) -> dict[str, Any]:
         """Record the outcome; the first completion of a command wins, later ones are no-ops."""
         command = self._command(host, command_id)
+        if self.observe_event is not None and command.status is CommandStatus.IN_PROGRESS:
+            began = command.acked_time or command.dispatched_time or command.created_time
+            outcome = "Succeeded" if status == CommandStatus.SUCCEEDED.value else "Failed"
+            self.observe_event(command.event, outcome, self.ctx.clock() - began)
         details = _parse_diagnostics(diagnostics)
         code = details.get("error_code")
         feed(

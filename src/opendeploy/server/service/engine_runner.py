@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import Connection
 
 from opendeploy.core.engine import Decision, Event, Started, decide
+from opendeploy.logs import deployment_context
 from opendeploy.server.service.context import ServiceContext
 from opendeploy.server.service.rollbacks import start_rollback
 from opendeploy.store import deployments as store
@@ -25,6 +26,13 @@ def feed_in(
     in the same transaction; its decisions follow. The caller must pass all of them to
     ``wake`` after the transaction commits.
     """
+    with deployment_context(deployment_id):
+        return _feed_in(ctx, connection, deployment_id, event)
+
+
+def _feed_in(
+    ctx: ServiceContext, connection: Connection, deployment_id: str, event: Event
+) -> list[Decision]:
     snapshot = store.snapshot(connection, deployment_id)
     if snapshot is None:
         return []
