@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from opendeploy.cli.push import push_directory
 from opendeploy.localfleet import LocalFleet, start_server
 
@@ -68,6 +70,19 @@ def _deploy(codedeploy: Any, group: str, config: str, revision: dict[str, Any]) 
     return wall
 
 
+def _wait_until_polling(endpoint: str, agents: int, timeout: float = 300.0) -> None:
+    """Until every agent holds a long poll (they start as Python processes: seconds of CPU)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(endpoint + "/metrics", timeout=10).text
+        match = re.search(r"^opendeploy_waiting_long_polls (\S+)", text, re.MULTILINE)
+        if match and float(match.group(1)) >= agents:
+            time.sleep(2.0)
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"fewer than {agents} agents polling after {timeout:.0f} s")
+
+
 def _ansible(hosts: int, config: str) -> float | None:
     batch = ANSIBLE_BATCH[config]
     forks = "1" if batch == "1" else str(max(hosts, 1))
@@ -108,7 +123,7 @@ def main() -> None:
             f"# {max(sizes)} agents registered and started in {time.perf_counter() - start:.1f} s",
             flush=True,
         )
-        time.sleep(2.0)
+        _wait_until_polling(server.endpoint, max(sizes))
         codedeploy = server.client("codedeploy")
         codedeploy.create_application(applicationName="bench")
         os.environ["AWS_ACCESS_KEY_ID"] = server.access_key_id

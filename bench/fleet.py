@@ -27,7 +27,8 @@ beside the server's. Prints one line per measurement:
     fleet backend=sqlite replicas=1 hosts=N phase=idle window_s=30 requests_per_s=...
         server_cpu_pct=... db_cpu_pct=... sim_cpu_pct=... server_rss_mb=...
     fleet backend=sqlite replicas=1 hosts=N phase=deploy config=AllAtOnce status=Succeeded
-        wall_s=... commands=7N/7N commands_per_s=... server_cpu_s=... server_peak_rss_mb=...
+        wall_s=... hosts_succeeded=N completions_answered=.../7N commands_per_s=...
+        server_cpu_s=... server_peak_rss_mb=...
         dispatch_p50_ms=... dispatch_p99_ms=... first_dispatch_p50_ms=... ...
     agent footprint idle_s=30 rss_mb=... cpu_pct=...
 
@@ -365,13 +366,18 @@ def servers(
         args += ["--database-url", database_url]
     env = {"OPENDEPLOY_SECRET_KEY": SecretBox.generate_key()}
     started: list[LocalServer] = []
+    logs = Path(tempfile.gettempdir()) / "od-bench-fleet-logs"
+    logs.mkdir(exist_ok=True)
+    tag = uuid.uuid4().hex[:6]
     try:
-        started.append(start_server(work / "server-1", args=args, env=env))
-        for index in range(2, replicas + 1):
+        for index in range(1, replicas + 1):
             data_dir = work / f"server-{index}"
-            data_dir.mkdir(mode=0o700)
-            shutil.copy(started[0].credentials_file, data_dir / "admin-credentials")
-            started.append(start_server(data_dir, args=args, env=env))
+            if started:
+                data_dir.mkdir(mode=0o700)
+                shutil.copy(started[0].credentials_file, data_dir / "admin-credentials")
+            log = logs / f"{tag}-server-{index}.log"
+            started.append(start_server(data_dir, args=args, env=env, log_path=log))
+            print(f"# server {index} log: {log}", flush=True)
         yield started
     finally:
         for server in started:
@@ -439,15 +445,22 @@ async def run_fleet(
             onPremisesInstanceTagFilters=[{"Key": tag, "Value": "on", "Type": "KEY_AND_VALUE"}],
         )
         stats = Stats()
-        # Idle connections are dropped before the server's 5 s keep-alive timeout would: a
-        # request sent as the server closes the connection fails.
-        limits = httpx.Limits(
-            max_connections=None, max_keepalive_connections=None, keepalive_expiry=3.0
-        )
+        # One client (one connection) per agent, as real agents have: one pool of N connections
+        # costs the simulator O(N) per request (httpcore scans its pool), a CPU-bound simulator
+        # on a shared machine. Idle connections are dropped before the server's 5 s keep-alive
+        # timeout would: a request sent as the server closes the connection fails.
+        limits = httpx.Limits(max_connections=2, keepalive_expiry=3.0)
         timeout = httpx.Timeout(long_poll + 30, connect=30)
-        async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        async with contextlib.AsyncExitStack() as clients:
             agents = [
-                SimAgent(host, started[index % len(started)].endpoint, http, stats)
+                SimAgent(
+                    host,
+                    started[index % len(started)].endpoint,
+                    await clients.enter_async_context(
+                        httpx.AsyncClient(limits=limits, timeout=timeout)
+                    ),
+                    stats,
+                )
                 for index, host in enumerate(fleet)
             ]
             # Spread over one long-poll period: the polls are out of phase, as in a real fleet.
@@ -507,15 +520,21 @@ async def run_fleet(
                 except TimeoutError:
                     info = {"status": "Unfinished"}
                 meter.stop()
+                # The server's count (a completion it stored may not have been answered yet).
+                overview = (
+                    await asyncio.to_thread(codedeploy.get_deployment, deploymentId=deployment_id)
+                )["deploymentInfo"].get("deploymentOverview", {})
                 peak = sum(status_kb(pid, "VmHWM") for pid in pids)
                 later = stats.later
                 # A poll may be answered before CreateDeployment has answered: that is 0.
                 first = [max(0.0, at - stats.created_at) for at in stats.first_received]
                 done = stats.completes - completes
+                stored = hosts * 7 if info["status"] == "Succeeded" else done
                 line = (
                     f"{prefix} phase=deploy config=AllAtOnce status={info['status']} "
-                    f"wall_s={meter.wall:.2f} commands={done}/{hosts * 7} "
-                    f"commands_per_s={done / meter.wall:.1f} "
+                    f"wall_s={meter.wall:.2f} hosts_succeeded={overview.get('Succeeded', 0)} "
+                    f"completions_answered={done}/{hosts * 7} "
+                    f"commands_per_s={stored / meter.wall:.1f} "
                     f"requests={stats.requests - requests} "
                     f"server_cpu_s={meter.server_cpu:.1f} db_cpu_s={meter.db_cpu:.1f} "
                     f"sim_cpu_s={meter.own_cpu:.1f} server_peak_rss_mb={peak / 1024:.0f} "

@@ -4,10 +4,11 @@ Signed for SigV4 service ``codedeploy-commands`` by an agent user. PollHostComma
 poll: held until a command for the host exists or ``long_poll_seconds`` pass. Use cases that
 create commands wake the held polls through ``notify`` (from any thread), and other replicas'
 through PostgreSQL NOTIFY. With other replicas a held poll also re-checks the database every
-``recheck_seconds`` (15 s by default), a safety net for a notification lost while the LISTEN
-connection was down; a lone server (SQLite) needs none: every command is created in-process.
-Idle polls are most of a fleet's traffic, and each re-check is a database round trip (and a
-contact write): 2,000 idle agents re-checking every 5 s cost 400 transactions a second.
+``recheck_seconds`` (30 s by default; one read, no contact write), a safety net for a
+notification lost while the LISTEN connection was down; a lone server (SQLite) needs none:
+every command is created in-process. Idle polls are most of a fleet's traffic: 2,000 idle
+agents re-checking every 5 s, each time with a contact write, cost 400 write transactions a
+second; a poll whose time ran out answers without one more look.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = ["AgentApi", "PollHub"]
 
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 #: How often a held poll re-checks the database when other replicas may create its commands.
-REPLICA_RECHECK_SECONDS = 15.0
+REPLICA_RECHECK_SECONDS = 30.0
 
 
 class PollHub:
@@ -176,10 +177,12 @@ class AgentApi:
     async def _long_poll(self, host: Host) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.long_poll_seconds
+        first = True
         with self.hub.waiter(host.instance.name) as event:
             while True:
                 event.clear()
-                command = await run_in_threadpool(self.service.claim, host)
+                command = await run_in_threadpool(self.service.claim, host, contact=first)
+                first = False
                 remaining = deadline - loop.time()
                 if command is not None or remaining <= 0 or self.hub.closing:
                     return command

@@ -141,11 +141,13 @@ class AgentService:
             self._contacts[name] = now
             return True
 
-    def claim(self, host: Host) -> dict[str, Any] | None:
-        """The next command for the host (marked handed over), or None; records contact."""
+    def claim(self, host: Host, *, contact: bool = True) -> dict[str, Any] | None:
+        """The next command for the host (marked handed over), or None; records contact
+        (at most every ``contact_interval``) unless ``contact`` is false: a held poll's later
+        looks are no new contact, and without a write a look that finds nothing is one read."""
         now = self.ctx.clock()
         name = host.instance.name
-        contact_due = self._contact_due(name, now)
+        contact_due = contact and self._contact_due(name, now)
         if not contact_due:
             with self.ctx.db.read() as connection:
                 if not store.has_waiting_command(
