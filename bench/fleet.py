@@ -434,7 +434,8 @@ async def run_fleet(
         wall = time.monotonic() - begin
         emit(f"{prefix} phase=register wall_s={wall:.1f} hosts_per_s={hosts / wall:.0f}")
 
-        codedeploy = admin.client("codedeploy")
+        # An overloaded server may take minutes to answer GetDeployment: wait for it.
+        codedeploy = admin.client("codedeploy", read_timeout=600, connect_timeout=60)
         await asyncio.to_thread(codedeploy.create_application, applicationName="bench")
         await asyncio.to_thread(
             codedeploy.create_deployment_group,
