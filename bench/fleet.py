@@ -77,6 +77,8 @@ TARGET_PREFIX = "CodeDeployCommandService_v20141006."
 JSON_TYPE = "application/x-amz-json-1.1"
 SUCCESS = json.dumps({"error_code": 0, "script_name": "", "message": "Succeeded", "log": ""})
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: The server processes running now (a SIGTERM stops them first, so nothing waits on them).
+RUNNING: list[LocalServer] = []
 
 
 # -- process figures from /proc ----------------------------------------------------------------
@@ -377,6 +379,7 @@ def servers(
                 shutil.copy(started[0].credentials_file, data_dir / "admin-credentials")
             log = logs / f"{tag}-server-{index}.log"
             started.append(start_server(data_dir, args=args, env=env, log_path=log))
+            RUNNING.append(started[-1])
             print(f"# server {index} log: {log}", flush=True)
         yield started
     finally:
@@ -385,6 +388,7 @@ def servers(
                 server.process.send_signal(signal.SIGINT)
         for server in started:
             server.stop()
+            RUNNING.remove(server)
 
 
 def wait_deployment(
@@ -628,6 +632,10 @@ def main() -> None:
         print(line, flush=True)
 
     def terminate(*_: object) -> None:
+        # Servers first: a call waiting on a saturated server then fails at once.
+        for server in RUNNING:
+            if server.process.poll() is None:
+                server.process.send_signal(signal.SIGINT)
         raise SystemExit(143)  # clean up: servers stopped, throwaway databases dropped
 
     signal.signal(signal.SIGTERM, terminate)

@@ -56,8 +56,8 @@ pytestmark = pytest.mark.e2e
 POSTGRES_ENV = "OPENDEPLOY_TEST_POSTGRES_URL"
 AGENT_POLICY = "arn:aws:iam::aws:policy/OpenDeployAgentAccess"
 HOSTS = 4
-#: Long enough that only a NOTIFY can wake a poll quickly (a held poll also re-checks the
-#: database every 5 s, whatever this is).
+#: Only a NOTIFY can answer a held poll early: without one it waits this long (its safety-net
+#: re-check of the database, every 30 s with replicas, comes later still).
 LONG_POLL_SECONDS = 20
 #: Every hook sleeps this long, so a OneAtATime deployment stays mid-way for a while.
 HOOK_SECONDS = 0.5
@@ -393,7 +393,7 @@ def _wake_across_replicas(cluster: Cluster, tmp_path: Path) -> None:
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    # Let replica 2 hold the poll (its first look finds nothing) well before its 5 s re-check.
+    # Let replica 2 hold the poll (its first look finds nothing).
     time.sleep(0.5)
     deployment_id = codedeploy.create_deployment(
         applicationName=application, deploymentGroupName="wake", revision=revision
@@ -406,7 +406,7 @@ def _wake_across_replicas(cluster: Cluster, tmp_path: Path) -> None:
     assert command["DeploymentExecutionId"].endswith(deployment_id)
     assert command["CommandName"] == IN_PLACE_EVENTS[0]
     latency = answered["at"] - created
-    # Without NOTIFY the poll would answer at its re-check, ~4.5 s after the deployment.
+    # Without NOTIFY the poll would answer empty when its 20 s are up.
     assert latency < 1.5, f"the poll on replica 2 answered {latency:.2f} s after CreateDeployment"
     cluster.client(1).stop_deployment(deploymentId=deployment_id)
 

@@ -143,8 +143,9 @@ class AgentService:
 
     def claim(self, host: Host, *, contact: bool = True) -> dict[str, Any] | None:
         """The next command for the host (marked handed over), or None; records contact
-        (at most every ``contact_interval``) unless ``contact`` is false: a held poll's later
-        looks are no new contact, and without a write a look that finds nothing is one read."""
+        (at most every ``contact_interval``) when ``contact`` is true or a command is handed
+        over: a held poll's later looks that find nothing are no new contact, and cost one
+        read."""
         now = self.ctx.clock()
         name = host.instance.name
         contact_due = contact and self._contact_due(name, now)
@@ -155,14 +156,16 @@ class AgentService:
                 ):
                     return None
         with self.ctx.db.write() as connection:
-            if contact_due:
-                store.record_contact(connection, name, now)
             command = store.next_command_for(
                 connection,
                 host.instance.name,
                 now=now,
                 redeliver_after=REDELIVER_AFTER_SECONDS,
             )
+            # Handing a command over is contact too: the heartbeat timeout then counts from
+            # here, not from a poll that began long before.
+            if contact_due or (command is not None and self._contact_due(name, now)):
+                store.record_contact(connection, name, now)
         if command is None:
             return None
         return {
