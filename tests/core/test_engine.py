@@ -1039,3 +1039,43 @@ def test_every_single_failure_ends_consistently(config: str) -> None:
             assert len(sim.health) == sum(
                 t.status is not TargetStatus.SKIPPED for t in sim.snapshot.targets.values()
             )
+
+
+def test_events_that_move_no_target_do_not_replan_the_rollout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ack or a completion followed by the host's next event leaves every target's status
+    as it was: re-planning the whole fleet for them made each event cost O(hosts)."""
+    import opendeploy.core.engine as engine
+
+    sim = Sim(new_snapshot(["a", "b", "c"], ALL_AT_ONCE))
+    sim.start()
+    plan = engine._rollout
+    calls: list[str] = []
+
+    def counting(work: Any) -> Any:
+        calls.append("plan")
+        return plan(work)
+
+    monkeypatch.setattr(engine, "_rollout", counting)
+    for event in EVENTS[:-1]:
+        sim.ack("a", event)
+        sim.ok("a", event)
+    assert calls == []
+    sim.ack("a", EVENTS[-1])
+    sim.ok("a", EVENTS[-1])
+    assert calls == ["plan"]
+
+
+def test_the_failure_message_names_ten_failed_hosts_and_counts_the_rest() -> None:
+    hosts = [f"h{index:02d}" for index in range(25)]
+    sim = Sim(new_snapshot(hosts, ALL_AT_ONCE))
+    sim.start()
+    for host in hosts:
+        sim.ack(host, EVENTS[0])
+        sim.fail(host, EVENTS[0], script="stop.sh", message="exit 1")
+    message = sim.deployment.error_message or ""
+    assert sim.deployment.status is DeploymentStatus.FAILED
+    assert "h00 (ApplicationStop, stop.sh): exit 1" in message
+    assert "h09 (ApplicationStop" in message and "h10 (" not in message
+    assert message.endswith("; and 15 more failed instances")

@@ -73,6 +73,8 @@ HEALTH_CONSTRAINTS_MESSAGE = (
     "too few healthy instances are available for deployment, or some instances in your "
     "deployment group are experiencing problems."
 )
+#: Failed instances the deployment's error message names; the rest are counted.
+_FAILURES_NAMED = 10
 _START_FAILURES = {
     "NO_INSTANCES": "The deployment group matches no registered instances.",
     "OVER_MAX_INSTANCES": "The deployment group matches more instances than one deployment "
@@ -199,8 +201,12 @@ class _Work:
         self.changed_targets: set[str] = set()
         self.changed_commands: dict[str, HostCommand] = {}
         self.health: list[HealthUpdate] = []
+        #: Some target changed status: the rollout may move (start hosts, end).
+        self.rollout_moved = False
 
     def set_target(self, target: InstanceTarget) -> None:
+        if target.status is not self.targets[target.instance_name].status:
+            self.rollout_moved = True
         self.targets[target.instance_name] = target
         self.changed_targets.add(target.instance_name)
 
@@ -280,7 +286,11 @@ def decide(snapshot: Snapshot, event: Event, now: float) -> Decision:
         _host_lost(work, event)
     else:
         _stop(work, event)
-    if work.deployment.active:
+    # Every decision leaves the rollout settled (all who may start have started, an ended
+    # rollout has ended), so only an event that moved a target or the deployment can
+    # unsettle it; skipping the others keeps each event's cost flat in the fleet size.
+    unsettled = work.rollout_moved or work.deployment != work.original
+    if work.deployment.active and unsettled:
         _schedule(work)
     return work.decision()
 
@@ -529,14 +539,15 @@ def _schedule(work: _Work) -> None:
     if work.deployment.status is not DeploymentStatus.IN_PROGRESS:
         return
     state = _rollout(work)
-    for name in next_dispatch(state):
+    starting = next_dispatch(state)
+    for name in starting:
         target = work.targets[name]
         started = replace(
             target, status=advance(target.status, TargetStatus.IN_PROGRESS), last_updated=work.now
         )
         work.set_target(started)
         _issue_command(work, started, started.events[0].name)
-        state = state.start((name,))
+    state = state.start(starting)
     result = outcome(state)
     if result is None:
         return
@@ -580,4 +591,7 @@ def _failure_message(work: _Work) -> str:
         details.append(f"{target.instance_name} ({where}): {diagnostics.get('message', '')}")
     if not details:
         return HEALTH_CONSTRAINTS_MESSAGE
-    return HEALTH_CONSTRAINTS_MESSAGE + " Failed instances: " + "; ".join(details)
+    shown = "; ".join(details[:_FAILURES_NAMED])
+    if len(details) > _FAILURES_NAMED:
+        shown += f"; and {len(details) - _FAILURES_NAMED} more failed instances"
+    return HEALTH_CONSTRAINTS_MESSAGE + " Failed instances: " + shown

@@ -19,7 +19,6 @@ from opendeploy.core.deployments import (
     LifecycleEvent,
     TargetStatus,
 )
-from opendeploy.core.engine import Decision, Snapshot
 from opendeploy.core.errors import Conflict
 from opendeploy.core.planner import InstanceHealth
 from opendeploy.core.revisions import revision_identity
@@ -39,10 +38,13 @@ __all__ = [
     "add_notification",
     "agents_heard_since",
     "append_log",
-    "apply",
     "by_id",
     "command_by_id",
+    "command_from_row",
     "create",
+    "deployment_from_row",
+    "deployment_values",
+    "events_json",
     "has_waiting_command",
     "health_of",
     "ids",
@@ -53,15 +55,16 @@ __all__ = [
     "record_contact",
     "revisions_deployed_to",
     "set_details",
-    "snapshot",
     "status_counts",
+    "target_from_row",
+    "target_status_counts",
     "targets_of",
 ]
 
 _OPEN = (CommandStatus.PENDING.value, CommandStatus.IN_PROGRESS.value)
 
 
-def _deployment(row: Row[Any]) -> Deployment:
+def deployment_from_row(row: Row[Any]) -> Deployment:
     return Deployment(
         deployment_id=row.id,
         application_id=row.application_id,
@@ -87,7 +90,7 @@ def _deployment(row: Row[Any]) -> Deployment:
     )
 
 
-def _deployment_values(deployment: Deployment) -> dict[str, Any]:
+def deployment_values(deployment: Deployment) -> dict[str, Any]:
     return {
         "status": deployment.status.value,
         "active_group_id": deployment.group_id if deployment.active else None,
@@ -102,7 +105,7 @@ def _deployment_values(deployment: Deployment) -> dict[str, Any]:
     }
 
 
-def _events_json(events: Iterable[LifecycleEvent]) -> list[dict[str, Any]]:
+def events_json(events: Iterable[LifecycleEvent]) -> list[dict[str, Any]]:
     return [
         {
             "name": e.name,
@@ -115,7 +118,7 @@ def _events_json(events: Iterable[LifecycleEvent]) -> list[dict[str, Any]]:
     ]
 
 
-def _target(row: Row[Any]) -> InstanceTarget:
+def target_from_row(row: Row[Any]) -> InstanceTarget:
     return InstanceTarget(
         deployment_id=row.deployment_id,
         instance_name=row.instance_name,
@@ -136,7 +139,7 @@ def _target(row: Row[Any]) -> InstanceTarget:
     )
 
 
-def _command(row: Row[Any]) -> HostCommand:
+def command_from_row(row: Row[Any]) -> HostCommand:
     return HostCommand(
         command_id=row.id,
         deployment_id=row.deployment_id,
@@ -154,7 +157,7 @@ def create(
     connection: Connection, deployment: Deployment, targets: Sequence[InstanceTarget]
 ) -> None:
     """Store a new deployment; Conflict when its group already has an active one."""
-    values = _deployment_values(deployment)
+    values = deployment_values(deployment)
     try:
         with connection.begin_nested():
             connection.execute(
@@ -187,7 +190,7 @@ def create(
                     "position": t.position,
                     "standing": t.standing,
                     "status": t.status.value,
-                    "events": _events_json(t.events),
+                    "events": events_json(t.events),
                     "last_updated": t.last_updated,
                 }
                 for t in targets
@@ -200,7 +203,7 @@ def by_id(connection: Connection, deployment_id: str, *, lock: bool = False) -> 
     if lock:
         statement = statement.with_for_update()
     row = connection.execute(statement).first()
-    return None if row is None else _deployment(row)
+    return None if row is None else deployment_from_row(row)
 
 
 def targets_of(connection: Connection, deployment_id: str) -> list[InstanceTarget]:
@@ -209,7 +212,17 @@ def targets_of(connection: Connection, deployment_id: str) -> list[InstanceTarge
         .where(deployment_targets.c.deployment_id == deployment_id)
         .order_by(deployment_targets.c.position)
     ).all()
-    return [_target(row) for row in rows]
+    return [target_from_row(row) for row in rows]
+
+
+def target_status_counts(connection: Connection, deployment_id: str) -> dict[str, int]:
+    """How many of the deployment's targets are in each status."""
+    rows = connection.execute(
+        select(deployment_targets.c.status, func.count())
+        .where(deployment_targets.c.deployment_id == deployment_id)
+        .group_by(deployment_targets.c.status)
+    ).all()
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def active_commands(connection: Connection, deployment_id: str) -> list[HostCommand]:
@@ -218,105 +231,7 @@ def active_commands(connection: Connection, deployment_id: str) -> list[HostComm
             host_commands.c.deployment_id == deployment_id, host_commands.c.status.in_(_OPEN)
         )
     ).all()
-    return [_command(row) for row in rows]
-
-
-def snapshot(connection: Connection, deployment_id: str) -> Snapshot | None:
-    """The deployment, its targets and open commands, the deployment row locked for update
-    (PostgreSQL) so that one deployment's events apply one at a time."""
-    deployment = by_id(connection, deployment_id, lock=True)
-    if deployment is None:
-        return None
-    return Snapshot(
-        deployment=deployment,
-        targets={t.instance_name: t for t in targets_of(connection, deployment_id)},
-        commands={c.instance_name: c for c in active_commands(connection, deployment_id)},
-    )
-
-
-def apply(connection: Connection, decision: Decision, *, group_id: str) -> None:
-    """Write everything a decision changed."""
-    if decision.deployment is not None:
-        connection.execute(
-            update(deployments)
-            .where(deployments.c.id == decision.deployment.deployment_id)
-            .values(**_deployment_values(decision.deployment))
-        )
-    for target in decision.targets:
-        connection.execute(
-            update(deployment_targets)
-            .where(
-                deployment_targets.c.deployment_id == target.deployment_id,
-                deployment_targets.c.instance_name == target.instance_name,
-            )
-            .values(
-                status=target.status.value,
-                events=_events_json(target.events),
-                last_updated=target.last_updated,
-            )
-        )
-    for command in decision.commands:
-        values = {
-            "status": command.status.value,
-            "dispatched_time": command.dispatched_time,
-            "acked_time": command.acked_time,
-            "completed_time": command.completed_time,
-        }
-        done = connection.execute(
-            update(host_commands).where(host_commands.c.id == command.command_id).values(**values)
-        )
-        if not done.rowcount:
-            connection.execute(
-                insert(host_commands).values(
-                    id=command.command_id,
-                    deployment_id=command.deployment_id,
-                    instance_name=command.instance_name,
-                    event=command.event,
-                    created_time=command.created_time,
-                    **values,
-                )
-            )
-    now = decision.now
-    if decision.notifications:
-        deployment_id = _deployment_id_of(decision)
-        connection.execute(
-            insert(notifications),
-            [
-                {
-                    "deployment_id": deployment_id,
-                    "group_id": group_id,
-                    "event": notification.event,
-                    "instance_name": notification.instance_name,
-                    "created_time": now,
-                }
-                for notification in decision.notifications
-            ],
-        )
-    for health in decision.health:
-        values = {"healthy": health.healthy, "revision_identity": health.revision_identity}
-        done = connection.execute(
-            update(instance_health)
-            .where(
-                instance_health.c.instance_name == health.instance_name,
-                instance_health.c.group_id == group_id,
-            )
-            .values(updated_time=now, **values)
-        )
-        if not done.rowcount:
-            connection.execute(
-                insert(instance_health).values(
-                    instance_name=health.instance_name,
-                    group_id=group_id,
-                    updated_time=now,
-                    **values,
-                )
-            )
-
-
-def _deployment_id_of(decision: Decision) -> str:
-    if decision.deployment is not None:
-        return decision.deployment.deployment_id
-    return (decision.targets or decision.commands)[0].deployment_id
+    return [command_from_row(row) for row in rows]
 
 
 def health_of(
@@ -334,7 +249,7 @@ def active_for_group(connection: Connection, group_id: str) -> Deployment | None
     row = connection.execute(
         select(deployments).where(deployments.c.active_group_id == group_id)
     ).first()
-    return None if row is None else _deployment(row)
+    return None if row is None else deployment_from_row(row)
 
 
 def ids(
@@ -367,7 +282,7 @@ def ids(
 
 def command_by_id(connection: Connection, command_id: str) -> HostCommand | None:
     row = connection.execute(select(host_commands).where(host_commands.c.id == command_id)).first()
-    return None if row is None else _command(row)
+    return None if row is None else command_from_row(row)
 
 
 def _waiting(instance_name: str, now: float, redeliver_after: float) -> Any:
@@ -415,7 +330,7 @@ def next_command_for(
     )
     if not claimed.rowcount:
         return None
-    return replace(_command(row), dispatched_time=now)
+    return replace(command_from_row(row), dispatched_time=now)
 
 
 def record_contact(connection: Connection, instance_name: str, now: float) -> None:
@@ -452,7 +367,7 @@ def overdue_commands(connection: Connection) -> list[tuple[HostCommand, str]]:
         .join(deployments, deployments.c.id == host_commands.c.deployment_id)
         .where(and_(host_commands.c.status.in_(_OPEN), deployments.c.active_group_id.is_not(None)))
     ).all()
-    return [(_command(row), row.group_id) for row in rows]
+    return [(command_from_row(row), row.group_id) for row in rows]
 
 
 def append_log(connection: Connection, command_id: str, offset: int, text: str) -> int:

@@ -216,6 +216,9 @@ deployments = Table(
     Column("create_time", Float, nullable=False, index=True),
     Column("start_time", Float),
     Column("complete_time", Float),
+    # Bumped by every applied engine decision; targets and commands carry the version that
+    # last wrote them, so a cached snapshot catches up by reading only newer rows.
+    Column("version", Integer, nullable=False, server_default="0"),
 )
 
 deployment_targets = Table(
@@ -233,6 +236,12 @@ deployment_targets = Table(
     Column("status", String(16), nullable=False),
     Column("events", Json, nullable=False),
     Column("last_updated", Float, nullable=False),
+    Column("version", Integer, nullable=False, server_default="0"),
+)
+Index(
+    "ix_deployment_targets_version",
+    deployment_targets.c.deployment_id,
+    deployment_targets.c.version,
 )
 
 host_commands = Table(
@@ -253,8 +262,10 @@ host_commands = Table(
     Column("dispatched_time", Float),
     Column("acked_time", Float),
     Column("completed_time", Float),
+    Column("version", Integer, nullable=False, server_default="0"),
 )
 Index("ix_host_commands_instance_status", host_commands.c.instance_name, host_commands.c.status)
+Index("ix_host_commands_version", host_commands.c.deployment_id, host_commands.c.version)
 
 instance_health = Table(
     "instance_health",

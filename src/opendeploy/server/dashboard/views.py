@@ -251,7 +251,7 @@ def deployment_view(ctx: ServiceContext, deployment_id: str) -> DeploymentView:
     with ctx.db.read() as connection:
         deployment = deployments.require_deployment(connection, deployment_id)
         stored = deployment_store.targets_of(connection, deployment_id)
-    info = deployments.deployment_info(deployment, stored)
+    info = deployments.deployment_info(deployment, deployments.overview_of(stored))
     targets = [_target_shape(target) for target in sorted(stored, key=lambda t: t.position)]
     events: list[str] = []
     for target in targets:

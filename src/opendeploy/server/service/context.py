@@ -12,8 +12,10 @@ from typing import Any
 from opendeploy.bundles.store import BundleStore
 from opendeploy.core.errors import ServiceError
 from opendeploy.server.secrets import SecretBox
+from opendeploy.server.service.batches import Batches
 from opendeploy.server.service.notify import CommandNotifier, NoNotifier
 from opendeploy.store.database import Database
+from opendeploy.store.snapshots import SnapshotCache
 
 __all__ = ["PAGE_SIZE", "Caller", "ServiceContext", "decode_token", "encode_token"]
 
@@ -44,6 +46,10 @@ class ServiceContext:
     notifier: CommandNotifier = field(default_factory=NoNotifier)
     #: Where pushed revisions live; None when this server takes no pushes.
     bundles: BundleStore | None = None
+    #: Deployment snapshots this process fed events to (shared by every request's copy).
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
+    #: Engine events waiting to be applied, by deployment (``engine_runner.feed``).
+    feeds: Batches[Any, Any] = field(default_factory=Batches)
 
     def application_arn(self, name: str) -> str:
         return f"arn:aws:codedeploy:{self.region}:{self.account_id}:application:{name}"

@@ -38,6 +38,7 @@ __all__ = [
     "list_deployment_instances",
     "list_deployment_targets",
     "list_deployments",
+    "overview_of",
     "stop_deployment",
 ]
 
@@ -192,10 +193,14 @@ def create_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
     return {"deploymentId": deployment_id}
 
 
-def _overview(targets: Sequence[InstanceTarget]) -> dict[str, int]:
-    counts = Counter(target.status for target in targets)
+def overview_of(targets: Sequence[InstanceTarget]) -> dict[str, int]:
+    """Targets by status, for ``deployment_info``."""
+    return dict(Counter(target.status.value for target in targets))
+
+
+def _overview(counts: Mapping[str, int]) -> dict[str, int]:
     return {
-        status.value: counts.get(status, 0)
+        status.value: counts.get(status.value, 0)
         for status in (
             TargetStatus.PENDING,
             TargetStatus.IN_PROGRESS,
@@ -207,8 +212,8 @@ def _overview(targets: Sequence[InstanceTarget]) -> dict[str, int]:
     }
 
 
-def deployment_info(deployment: Deployment, targets: Sequence[InstanceTarget]) -> dict[str, Any]:
-    """The ``DeploymentInfo`` shape."""
+def deployment_info(deployment: Deployment, counts: Mapping[str, int]) -> dict[str, Any]:
+    """The ``DeploymentInfo`` shape; ``counts``: the deployment's targets by status."""
     info: dict[str, Any] = {
         **deployment.details,
         "applicationName": deployment.application_name,
@@ -220,7 +225,7 @@ def deployment_info(deployment: Deployment, targets: Sequence[InstanceTarget]) -
         "createTime": deployment.create_time,
         "startTime": deployment.start_time,
         "completeTime": deployment.complete_time,
-        "deploymentOverview": _overview(targets),
+        "deploymentOverview": _overview(counts),
         "ignoreApplicationStopFailures": deployment.ignore_application_stop_failures,
         "fileExistsBehavior": deployment.file_exists_behavior or "DISALLOW",
         "deploymentStatusMessages": list(deployment.status_messages),
@@ -236,8 +241,8 @@ def deployment_info(deployment: Deployment, targets: Sequence[InstanceTarget]) -
 def get_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
     with ctx.db.read() as connection:
         deployment = require_deployment(connection, params.get("deploymentId"))
-        targets = store.targets_of(connection, deployment.deployment_id)
-    return {"deploymentInfo": deployment_info(deployment, targets)}
+        counts = store.target_status_counts(connection, deployment.deployment_id)
+    return {"deploymentInfo": deployment_info(deployment, counts)}
 
 
 def batch_get_deployments(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -253,8 +258,8 @@ def batch_get_deployments(ctx: ServiceContext, params: dict[str, Any]) -> dict[s
         for deployment_id in dict.fromkeys(ids):
             deployment = store.by_id(connection, deployment_id)
             if deployment is not None:
-                targets = store.targets_of(connection, deployment_id)
-                infos.append(deployment_info(deployment, targets))
+                counts = store.target_status_counts(connection, deployment_id)
+                infos.append(deployment_info(deployment, counts))
     return {"deploymentsInfo": infos}
 
 

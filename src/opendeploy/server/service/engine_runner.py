@@ -1,20 +1,43 @@
-"""The one path from an event to stored state: load snapshot, decide, apply, then wake hosts."""
+"""The one path from an event to stored state: load snapshot, decide, apply, then wake hosts.
+
+``feed`` applies events in their own transactions, and events of one deployment that arrive
+while another of its events is being applied are applied together, in one transaction
+(``server.service.batches``): an AllAtOnce rollout to a large fleet then costs one snapshot
+load and one commit per batch, not per event.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Connection
 
-from opendeploy.core.engine import Decision, Event, Started, decide
+from opendeploy.core.engine import AlarmActive, Decision, Event, Started, StopRequested, decide
 from opendeploy.logs import deployment_context
+from opendeploy.server.service.batches import Job
 from opendeploy.server.service.context import ServiceContext
 from opendeploy.server.service.rollbacks import start_rollback
 from opendeploy.store import deployments as store
+from opendeploy.store import snapshots
+from opendeploy.store.snapshots import Loaded
 
-__all__ = ["feed", "feed_in", "wake"]
+__all__ = ["Feed", "feed", "feed_in", "wake"]
 
 log = logging.getLogger(__name__)
+
+#: The latest state of each deployment written in the current transaction.
+_Chain = dict[str, Loaded]
+
+
+@dataclass(frozen=True)
+class Feed:
+    """An event for a deployment, and the host it was heard from (if any)."""
+
+    event: Event
+    contact: str | None = None
 
 
 def feed_in(
@@ -26,26 +49,42 @@ def feed_in(
     in the same transaction; its decisions follow. The caller must pass all of them to
     ``wake`` after the transaction commits.
     """
-    with deployment_context(deployment_id):
-        return _feed_in(ctx, connection, deployment_id, event)
+    chain: _Chain = {}
+    decisions: list[Decision] = []
+    _feed_in(ctx, connection, deployment_id, event, decisions, chain)
+    # The caller's transaction may still roll back: no cached snapshot may run ahead of it.
+    for touched in chain:
+        ctx.snapshots.forget(touched)
+    return decisions
 
 
 def _feed_in(
-    ctx: ServiceContext, connection: Connection, deployment_id: str, event: Event
-) -> list[Decision]:
-    snapshot = store.snapshot(connection, deployment_id)
-    if snapshot is None:
-        return []
-    decision = decide(snapshot, event, ctx.clock())
-    if decision.empty:
-        return [decision]
-    store.apply(connection, decision, group_id=snapshot.deployment.group_id)
-    decisions = [decision]
-    if decision.rollback:
-        rollback_id = start_rollback(ctx, connection, deployment_id)
-        if rollback_id is not None:
-            decisions += feed_in(ctx, connection, rollback_id, Started())
-    return decisions
+    ctx: ServiceContext,
+    connection: Connection,
+    deployment_id: str,
+    event: Event,
+    decisions: list[Decision],
+    chain: _Chain,
+) -> None:
+    with deployment_context(deployment_id):
+        # A stop reads commands anew: their hand-over times are not part of any version.
+        fresh = isinstance(event, StopRequested | AlarmActive)
+        loaded = None if fresh else chain.get(deployment_id)
+        if loaded is None:
+            loaded = snapshots.load(connection, deployment_id, ctx.snapshots, fresh_commands=fresh)
+        if loaded is None:
+            return
+        decision = decide(loaded.snapshot, event, ctx.clock())
+        decisions.append(decision)
+        if decision.empty:
+            chain[deployment_id] = loaded
+            return
+        snapshots.apply(connection, decision, loaded)
+        chain[deployment_id] = snapshots.advanced(loaded, decision)
+        if decision.rollback:
+            rollback_id = start_rollback(ctx, connection, deployment_id)
+            if rollback_id is not None:
+                _feed_in(ctx, connection, rollback_id, Started(), decisions, chain)
 
 
 def wake(ctx: ServiceContext, *decisions: Decision) -> None:
@@ -63,13 +102,53 @@ def wake(ctx: ServiceContext, *decisions: Decision) -> None:
 def feed(
     ctx: ServiceContext, deployment_id: str, event: Event, *, contact: str | None = None
 ) -> list[Decision]:
-    """Apply ``event`` in its own transaction and wake the hosts that got work.
+    """Apply ``event`` in its own transaction (shared with other events of the deployment
+    that are waiting at the same time) and wake the hosts that got work.
 
     ``contact`` names a host heard from by this event (recorded in the same transaction).
     """
+    decisions = ctx.feeds.run(
+        deployment_id, Feed(event, contact), partial(_feed_batch, ctx, deployment_id)
+    )
+    return decisions or []
+
+
+def _feed_batch(
+    ctx: ServiceContext, deployment_id: str, jobs: Sequence[Job[Feed, list[Decision]]]
+) -> None:
+    try:
+        results = _apply_together(ctx, deployment_id, [job.item for job in jobs])
+    except Exception:
+        if len(jobs) == 1:
+            raise
+        # One event that cannot be applied must not fail the others: one at a time, then.
+        log.warning("a batch of %d events failed; applying them one by one", len(jobs))
+        for job in jobs:
+            try:
+                job.result = _apply_together(ctx, deployment_id, [job.item])[0]
+            except Exception as error:
+                job.error = error
+            job.done = True
+        return
+    for job, decisions in zip(jobs, results, strict=True):
+        job.result, job.done = decisions, True
+
+
+def _apply_together(
+    ctx: ServiceContext, deployment_id: str, feeds: Sequence[Feed]
+) -> list[list[Decision]]:
+    """Apply ``feeds`` in one transaction; each one's decisions, in order."""
+    chain: _Chain = {}
+    results: list[list[Decision]] = []
     with ctx.db.write() as connection:
-        decisions = feed_in(ctx, connection, deployment_id, event)
-        if contact is not None:
-            store.record_contact(connection, contact, ctx.clock())
-    wake(ctx, *decisions)
-    return decisions
+        for item in feeds:
+            decisions: list[Decision] = []
+            _feed_in(ctx, connection, deployment_id, item.event, decisions, chain)
+            if item.contact is not None:
+                store.record_contact(connection, item.contact, ctx.clock())
+            results.append(decisions)
+    # Committed: the cache may now run as far as the database.
+    for loaded in chain.values():
+        ctx.snapshots.keep(loaded)
+    wake(ctx, *(decision for decisions in results for decision in decisions))
+    return results
