@@ -13,7 +13,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from opendeploy.agent.envelope import EnvelopeError, verify_envelope, verify_signed_data
+from opendeploy.agent.envelope import (
+    EnvelopeError,
+    load_certificate,
+    rsa_pkcs1v15_sha256_verify,
+    verify_envelope,
+    verify_signed_data,
+)
 
 SPEC = {"DeploymentId": "d-AAAAAAAAA", "DeploymentGroupId": "g-1", "ApplicationName": "app"}
 
@@ -213,3 +219,57 @@ def test_the_servers_own_signer_is_accepted() -> None:
     signer = SpecSigner(KEY, CERT)
     envelope = _envelope(signer.sign(json.dumps(SPEC, separators=(",", ":")).encode()))
     assert verify_envelope(envelope, signer.certificate_pem) == SPEC
+
+
+# -- the RSA check, against cryptography's ---------------------------------------------------
+
+
+def _public(key: rsa.RSAPrivateKey) -> tuple[int, int]:
+    numbers = key.public_key().public_numbers()
+    return numbers.n, numbers.e
+
+
+@pytest.mark.parametrize("bits", [2048, 3072])
+def test_the_rsa_check_accepts_what_cryptography_signs(bits: int) -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    key = KEY if bits == 2048 else rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    for message in (b"", b"{}", json.dumps(SPEC).encode() * 50):
+        signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        assert rsa_pkcs1v15_sha256_verify(_public(key), signature, message)
+
+
+def test_the_rsa_check_refuses_everything_else() -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    public = _public(KEY)
+    message = b"signed"
+    good = KEY.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    modulus = public[0]
+    forged = [
+        good[:-1] + bytes([good[-1] ^ 1]),  # altered
+        good[1:],  # short
+        b"\x00" + good,  # long
+        modulus.to_bytes(len(good), "big"),  # not below the modulus
+        KEY.sign(message, padding.PKCS1v15(), hashes.SHA512()),  # another digest
+        KEY.sign(
+            message,
+            padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+            hashes.SHA256(),
+        ),  # another padding
+        _signer()[0].sign(message, padding.PKCS1v15(), hashes.SHA256()),  # another key
+    ]
+    for signature in forged:
+        assert not rsa_pkcs1v15_sha256_verify(public, signature, message)
+    assert not rsa_pkcs1v15_sha256_verify(public, good, message + b" ")
+
+
+def test_the_pinned_certificate_is_parsed_without_cryptography() -> None:
+    pinned = load_certificate(CERT_PEM)
+    assert pinned.der == CERT.public_bytes(serialization.Encoding.DER)
+    assert pinned.fingerprint == CERT.fingerprint(hashes.SHA256()).hex()
+    assert load_certificate(pinned) is pinned
+    assert load_certificate(CERT).der == pinned.der
+    for bad in ("not a certificate", CERT_PEM.replace("CERTIFICATE", "PUBLIC KEY")):
+        with pytest.raises(EnvelopeError, match="pinned signer certificate"):
+            load_certificate(bad)

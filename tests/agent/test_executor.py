@@ -635,3 +635,28 @@ def test_a_revision_still_on_the_host_is_reused_without_downloading(
     other = spec_for(client, "d-REUSE0003", make_bundle(_with_out(tmp_path, "changed")))
     deploy(executor, other, "DownloadBundle")
     assert len(client.downloads) == 2, "a different bundle must be downloaded"
+
+
+def test_the_appspec_is_parsed_once_per_file_version(
+    executor: Executor, client: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import opendeploy.agent.executor as executor_module
+
+    spec = spec_for(client, "d-CACHE0001", make_bundle(_with_out(tmp_path)))
+    deploy(executor, spec, "DownloadBundle")
+    parsed: list[Path] = []
+    real = executor_module.read_appspec
+
+    def counting(archive: Path, name: str = "appspec.yml") -> Any:
+        parsed.append(archive)
+        return real(archive, name)
+
+    monkeypatch.setattr(executor_module, "read_appspec", counting)
+    for event in ("BeforeInstall", "AfterInstall", "ValidateService"):
+        executor.is_noop(event, spec)
+    deploy(executor, spec, "AfterInstall")
+    assert len(parsed) == 1
+    appspec = parsed[0] / "appspec.yml"
+    appspec.write_text(APPSPEC.replace("  ApplicationStart:\n", "  ValidateService:\n"))
+    assert executor.is_noop("ValidateService", spec) is False
+    assert len(parsed) == 2

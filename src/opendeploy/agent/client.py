@@ -1,16 +1,17 @@
 """The agent's side of the wire: the host command service and bundle downloads.
 
-``CommandClient`` wraps two botocore clients built from the wire models in ``opendeploy.wire``
-(``codedeploy-commands``, the stock agent's service, and ``opendeploy-agent``, our log upload),
-signed with the agent user's key for SigV4 service ``codedeploy-commands``, plus an httpx client
-for ``GET /agent/bundles/<sha256>`` signed the same way (empty-payload hash, ``Range`` signed
-when present).
+``CommandClient`` speaks the host command service (``codedeploy-commands``, the stock agent's
+service) and ``opendeploy-agent`` (our log upload) as AWS JSON 1.1, exactly as botocore clients
+built from the wire models in ``opendeploy.wire`` would, signed with the agent user's key for
+SigV4 service ``codedeploy-commands``; ``GET /agent/bundles/<sha256>`` is signed the same way
+(empty-payload hash, ``Range`` signed when present). It does not use botocore or httpx: see
+``opendeploy.agent.transport`` for why, and for the connection reuse.
 
-Retries are ours, not botocore's (its own are switched off): transport errors, HTTP 5xx and
-throttling answers are retried with capped, jittered exponential backoff; any other 4xx is not,
-because asking again cannot change the answer. ``complete`` keeps trying for a long time
-(hours by default): a success stays a success however long the server is away, unlike the stock
-agent, which reports Failed after three quick retries (stock-agent-wire §6 E15).
+Retries are ours: transport errors, HTTP 5xx and throttling answers are retried with capped,
+jittered exponential backoff; any other 4xx is not, because asking again cannot change the
+answer. ``complete`` keeps trying for a long time (hours by default): a success stays a
+success however long the server is away, unlike the stock agent, which reports Failed after
+three quick retries (stock-agent-wire §6 E15).
 
 Nothing here logs or raises the secret key; errors carry the operation, the error code and the
 server's message.
@@ -19,11 +20,10 @@ server's message.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
-import os
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,24 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import botocore.session  # type: ignore[import-untyped]
-import httpx
-from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
-from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.credentials import Credentials  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-)
-from botocore.exceptions import ConnectionError as BotocoreConnectionError
-
 from opendeploy import __version__
 from opendeploy.agent.config import AgentConfig
-from opendeploy.bundles.fetch import fetch_http
+from opendeploy.agent.download import download
+from opendeploy.agent.transport import ConnectionPool, Response, Signer, TransportError
 from opendeploy.core.errors import OpenDeployError
-from opendeploy.wire import COMMANDS_SERVICE, DATA_PATH, EXTENSIONS_SERVICE
 
 __all__ = [
     "AGENT_VERSION",
@@ -64,7 +51,11 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION: Final = f"OPENDEPLOY_{__version__}"
 SIGNING_NAME: Final = "codedeploy-commands"
-EMPTY_SHA256: Final = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#: ``targetPrefix`` of the wire models ``codedeploy-commands`` and ``opendeploy-agent``.
+COMMANDS_TARGET: Final = "CodeDeployCommandService_v20141006"
+EXTENSIONS_TARGET: Final = "OpenDeployAgent_20261126"
+JSON_CONTENT_TYPE: Final = "application/x-amz-json-1.1"
+USER_AGENT: Final = f"opendeploy-agent/{__version__}"
 BUNDLE_PATH_PREFIX: Final = "/agent/bundles/"
 DIAGNOSTICS_LIMIT: Final = 8192
 _THROTTLING: Final = frozenset(
@@ -108,38 +99,53 @@ class CompleteResult(enum.Enum):
     """Not stored: the retry window ran out or the agent is stopping."""
 
 
-def _status_and_code(error: ClientError) -> tuple[int, str, str]:
-    response = error.response or {}
-    meta = response.get("ResponseMetadata") or {}
-    details = response.get("Error") or {}
-    code = str(details.get("Code") or "")
-    code = code.rpartition("#")[2]
-    return int(meta.get("HTTPStatusCode") or 0), code, str(details.get("Message") or "")
+def answer_error(operation: str, response: Response) -> CommandServiceError:
+    """The error an HTTP answer other than 200 stands for (AWS JSON 1.1 error shape)."""
+    try:
+        document = json.loads(response.body) if response.body else {}
+    except ValueError:
+        document = {}
+    if not isinstance(document, dict):
+        document = {}
+    code = str(document.get("__type") or response.headers.get("x-amzn-ErrorType") or "")
+    code = code.rpartition("#")[2].partition(":")[0]
+    message = str(document.get("message") or document.get("Message") or "")
+    text = f"{code}: {message}" if message else code or response.reason
+    status = response.status
+    return CommandServiceError(
+        operation,
+        f"{text} (HTTP {status})",
+        code=code,
+        status=status,
+        retryable=status >= 500 or status == 429 or code in _THROTTLING,
+    )
+
+
+def _members(operation: str, body: bytes) -> dict[str, Any]:
+    """The JSON object of a 200 answer (empty body: no members)."""
+    try:
+        document = json.loads(body) if body.strip() else {}
+    except ValueError as exc:
+        raise CommandServiceError(
+            operation, f"the answer is not JSON: {exc}", status=200, retryable=False
+        ) from None
+    if not isinstance(document, dict):
+        raise CommandServiceError(
+            operation, "the answer is not a JSON object", status=200, retryable=False
+        )
+    return document
 
 
 def is_retryable(error: BaseException) -> bool:
     """Whether asking again may help: transport trouble, 5xx and throttling, never other 4xx."""
     if isinstance(error, CommandServiceError):
         return error.retryable
-    if isinstance(error, ClientError):
-        status, code, _ = _status_and_code(error)
-        return status >= 500 or status == 429 or code in _THROTTLING
-    return isinstance(error, HTTPClientError | BotocoreConnectionError | IncompleteReadError)
+    return isinstance(error, TransportError)
 
 
 def _wrap(operation: str, error: Exception) -> CommandServiceError:
     if isinstance(error, CommandServiceError):
         return error
-    if isinstance(error, ClientError):
-        status, code, message = _status_and_code(error)
-        text = f"{code}: {message}" if message else code or str(error)
-        return CommandServiceError(
-            operation,
-            f"{text} (HTTP {status})",
-            code=code,
-            status=status,
-            retryable=is_retryable(error),
-        )
     return CommandServiceError(
         operation, f"{type(error).__name__}: {error}", retryable=is_retryable(error)
     )
@@ -176,43 +182,6 @@ def fit_diagnostics(diagnostics: Mapping[str, Any]) -> str:
     return text
 
 
-class _RetryingTransport(httpx.BaseTransport):
-    """Re-sends a bundle request on connection errors and 5xx answers, with backoff."""
-
-    def __init__(
-        self,
-        inner: httpx.BaseTransport,
-        backoff: Backoff,
-        attempts: int,
-        wait: Callable[[float], bool],
-    ) -> None:
-        self.inner = inner
-        self.backoff = backoff
-        self.attempts = attempts
-        self.wait = wait
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        for attempt in range(self.attempts):
-            last = attempt == self.attempts - 1
-            try:
-                response = self.inner.handle_request(request)
-            except httpx.TransportError as exc:
-                if last:
-                    raise
-                log.warning("bundle download: %s; retrying", type(exc).__name__)
-            else:
-                if response.status_code < 500 or last:
-                    return response
-                response.close()
-                log.warning("bundle download: HTTP %s; retrying", response.status_code)
-            if self.wait(self.backoff.delay(attempt)):
-                raise httpx.ConnectError("the agent is stopping", request=request)
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class CommandClient:
     """The host command service as the agent uses it. Thread-safe."""
 
@@ -233,49 +202,21 @@ class CommandClient:
         self.attempts = attempts
         self.complete_retry_seconds = complete_retry_seconds
         self.complete_backoff = complete_backoff or Backoff(base=1.0, cap=30.0)
-        self._credentials = Credentials(config.access_key_id, config.secret_access_key)
-        session = _isolated_session()
-        session.get_component("data_loader").search_paths.append(str(DATA_PATH))
-        client_config = Config(
+        self.pool = ConnectionPool(
+            config.endpoint,
+            ca_bundle=config.ca_bundle,
+            connect_timeout=10.0,
             read_timeout=config.poll_read_timeout,
-            connect_timeout=10,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            tcp_keepalive=True,
-            user_agent_extra=f"opendeploy-agent/{__version__}",
         )
-        verify: str | bool | None = str(config.ca_bundle) if config.ca_bundle else None
-        common: dict[str, Any] = {
-            "endpoint_url": config.endpoint,
-            "region_name": config.region,
-            "aws_access_key_id": config.access_key_id,
-            "aws_secret_access_key": config.secret_access_key,
-            "config": client_config,
-            "verify": verify,
-        }
-        self.commands = session.create_client(COMMANDS_SERVICE, **common)
-        self.extensions = session.create_client(EXTENSIONS_SERVICE, **common)
-        for client in (self.commands, self.extensions):
-            client.meta.events.register("before-sign", _add_version_header)
-        context = (
-            ssl.create_default_context(cafile=str(config.ca_bundle))
-            if config.ca_bundle
-            else ssl.create_default_context()
-        )
-        self.http = httpx.Client(
-            transport=_RetryingTransport(
-                httpx.HTTPTransport(verify=context), self.backoff, attempts, self.abort.wait
-            ),
-            timeout=httpx.Timeout(60.0, connect=10.0),
-            headers={"User-Agent": f"opendeploy-agent/{__version__}"},
+        self.signer = Signer(
+            config.access_key_id, config.secret_access_key, config.region, SIGNING_NAME
         )
 
     def __repr__(self) -> str:
         return f"CommandClient(endpoint={self.config.endpoint!r}, host={self.host_identifier!r})"
 
     def close(self) -> None:
-        self.http.close()
-        for client in (self.commands, self.extensions):
-            client.close()
+        self.pool.close()
 
     # -- retries ----------------------------------------------------------------------------
 
@@ -308,37 +249,54 @@ class CommandClient:
                 if self.abort.wait(delay):
                     raise Aborted(f"{operation}: not retried, the agent is stopping") from None
 
+    def _invoke(
+        self, operation: str, params: Mapping[str, Any], *, target: str = COMMANDS_TARGET
+    ) -> dict[str, Any]:
+        """One AWS JSON 1.1 request, as a botocore client sends it; the answer's members."""
+        body = json.dumps(params).encode()
+        path = self.pool.base_path + "/"
+        headers = {
+            "Host": self.pool.host,
+            "X-Amz-Target": f"{target}.{operation}",
+            "Content-Type": JSON_CONTENT_TYPE,
+            "User-Agent": USER_AGENT,
+            "X-Amz-Codedeploy-Agent-Version": AGENT_VERSION,
+        }
+        self.signer.sign("POST", path, headers, hashlib.sha256(body).hexdigest())
+        response = self.pool.request("POST", path, body=body, headers=headers)
+        if response.status != 200:
+            raise answer_error(operation, response)
+        return _members(operation, response.body)
+
     # -- the command service ----------------------------------------------------------------
 
     def poll(self) -> dict[str, Any] | None:
         """One PollHostCommand (a long poll; no retries here, the loop backs off)."""
         response = self._call(
             "PollHostCommand",
-            lambda: self.commands.poll_host_command(HostIdentifier=self.host_identifier),
+            lambda: self._invoke("PollHostCommand", {"HostIdentifier": self.host_identifier}),
             attempts=1,
         )
         command = response.get("HostCommand")
         return command if isinstance(command, dict) and command else None
 
     def get_deployment_specification(self, execution_id: str) -> dict[str, Any]:
-        response: dict[str, Any] = self._call(
+        params = {"DeploymentExecutionId": execution_id, "HostIdentifier": self.host_identifier}
+        return self._call(
             "GetDeploymentSpecification",
-            lambda: self.commands.get_deployment_specification(
-                DeploymentExecutionId=execution_id, HostIdentifier=self.host_identifier
-            ),
+            lambda: self._invoke("GetDeploymentSpecification", params),
             attempts=self.attempts,
         )
-        return response
 
     def acknowledge(self, command_id: str, *, is_noop: bool) -> str | None:
         """PutHostCommandAcknowledgement; the CommandStatus the server answers, if any."""
-        payload = json.dumps({"IsCommandNoop": is_noop})
+        params = {
+            "HostCommandIdentifier": command_id,
+            "Diagnostics": {"Format": "JSON", "Payload": json.dumps({"IsCommandNoop": is_noop})},
+        }
         response = self._call(
             "PutHostCommandAcknowledgement",
-            lambda: self.commands.put_host_command_acknowledgement(
-                HostCommandIdentifier=command_id,
-                Diagnostics={"Format": "JSON", "Payload": payload},
-            ),
+            lambda: self._invoke("PutHostCommandAcknowledgement", params),
             attempts=self.attempts,
         )
         status = response.get("CommandStatus")
@@ -353,16 +311,16 @@ class CommandClient:
         retry_seconds: float | None = None,
     ) -> CompleteResult:
         """PutHostCommandComplete, retried until stored, refused (4xx) or out of time."""
-        payload = fit_diagnostics(diagnostics)
+        params = {
+            "HostCommandIdentifier": command_id,
+            "CommandStatus": status,
+            "Diagnostics": {"Format": "JSON", "Payload": fit_diagnostics(diagnostics)},
+        }
         window = self.complete_retry_seconds if retry_seconds is None else retry_seconds
         try:
             self._call(
                 "PutHostCommandComplete",
-                lambda: self.commands.put_host_command_complete(
-                    HostCommandIdentifier=command_id,
-                    CommandStatus=status,
-                    Diagnostics={"Format": "JSON", "Payload": payload},
-                ),
+                lambda: self._invoke("PutHostCommandComplete", params),
                 deadline=time.monotonic() + window,
                 backoff=self.complete_backoff,
             )
@@ -381,7 +339,7 @@ class CommandClient:
         """PostHostCommandUpdate (heartbeat); the CommandStatus the server answers."""
         response = self._call(
             "PostHostCommandUpdate",
-            lambda: self.commands.post_host_command_update(HostCommandIdentifier=command_id),
+            lambda: self._invoke("PostHostCommandUpdate", {"HostCommandIdentifier": command_id}),
             attempts=2,
         )
         status = response.get("CommandStatus")
@@ -389,11 +347,10 @@ class CommandClient:
 
     def put_log(self, command_id: str, offset: int, text: str) -> None:
         """PutHostCommandLog: ``text`` at character ``offset`` of the command's full log."""
+        params = {"HostCommandIdentifier": command_id, "Offset": offset, "Log": text}
         self._call(
             "PutHostCommandLog",
-            lambda: self.extensions.put_host_command_log(
-                HostCommandIdentifier=command_id, Offset=offset, Log=text
-            ),
+            lambda: self._invoke("PutHostCommandLog", params, target=EXTENSIONS_TARGET),
             attempts=self.attempts,
         )
 
@@ -408,39 +365,15 @@ class CommandClient:
 
     def download_bundle(self, path: str, dest: Path, *, sha256: str, size: int | None) -> None:
         """Fetch a bundle from the server's store to ``dest`` (resumable, sha256-checked)."""
-        fetch_http(self.http, self.bundle_url(path), dest, sha256=sha256, size=size, auth=self.sign)
-
-    def sign(self, request: httpx.Request) -> httpx.Request:
-        """SigV4-sign a bodiless request (httpx function auth): host, date, payload hash, Range."""
-        headers = {"X-Amz-Content-Sha256": EMPTY_SHA256}
-        if "range" in request.headers:
-            headers["Range"] = request.headers["range"]
-        signed = AWSRequest(method=request.method, url=str(request.url), headers=headers, data=b"")
-        SigV4Auth(self._credentials, SIGNING_NAME, self.config.region).add_auth(signed)
-        for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-Sha256"):
-            request.headers[name] = signed.headers[name]
-        return request
-
-
-def _isolated_session() -> Any:
-    """A botocore session that ignores the AWS environment and files of the agent's user.
-
-    The agent's configuration file is its whole configuration: an ``AWS_PROFILE`` naming a
-    missing profile, an ``AWS_CA_BUNDLE`` or a ``~/.aws/config`` meant for other tools must not
-    change (or break) how it talks to its server.
-    """
-    isolated = {
-        name: (None, None, default, None)
-        for name, default in (
-            ("profile", None),
-            ("config_file", os.devnull),
-            ("credentials_file", os.devnull),
-            ("ca_bundle", None),
-            ("data_path", None),
+        self.bundle_url(path)
+        download(
+            self.pool,
+            self.signer,
+            self.pool.base_path + path,
+            dest,
+            sha256=sha256,
+            size=size,
+            attempts=self.attempts,
+            backoff=self.backoff.delay,
+            abort=self.abort,
         )
-    }
-    return botocore.session.Session(session_vars=isolated)
-
-
-def _add_version_header(request: Any, **_: Any) -> None:
-    request.headers["X-Amz-Codedeploy-Agent-Version"] = AGENT_VERSION

@@ -33,6 +33,8 @@ the agent's secret key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import stat
@@ -43,7 +45,6 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import yaml
-from cryptography import x509
 
 from opendeploy.core.errors import OpenDeployError
 
@@ -51,6 +52,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "S3Config",
+    "is_pem_certificate",
     "load_config",
     "parse_config",
     "validate_hook_environment",
@@ -235,14 +237,12 @@ def parse_config(data: object, *, file: Path | str = "<config>") -> AgentConfig:
     reader = _Reader(file, data)
     endpoint = reader.url("endpoint")
     certificate = reader.text("spec_signer_certificate")
-    try:
-        x509.load_pem_x509_certificate(certificate.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
+    if not is_pem_certificate(certificate):
         raise ConfigError(
             file,
             "is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
             field="spec_signer_certificate",
-        ) from None
+        )
     ca_bundle = reader.optional_path("ca_bundle")
     return AgentConfig(
         endpoint=endpoint,
@@ -262,6 +262,36 @@ def parse_config(data: object, *, file: Path | str = "<config>") -> AgentConfig:
         git_base_url=reader.text("git_base_url", default=DEFAULT_GIT_BASE_URL),
         hook_environment=reader.hook_environment(),
     )
+
+
+_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----"
+)
+
+
+def is_pem_certificate(text: str) -> bool:
+    """Whether ``text`` holds a PEM certificate block whose DER is one whole ASN.1 SEQUENCE.
+
+    A shape check only, so that loading the configuration does not load an X.509 library
+    into an agent that may idle for days; the envelope check parses the certificate fully
+    when the first deployment specification arrives.
+    """
+    match = _PEM_CERTIFICATE.search(text)
+    if match is None:
+        return False
+    try:
+        der = base64.b64decode("".join(match.group(1).split()), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    first = der[1]
+    if first < 0x80:
+        return len(der) == 2 + first
+    count = first & 0x7F
+    if not 1 <= count <= 4 or len(der) < 2 + count:
+        return False
+    return len(der) == 2 + count + int.from_bytes(der[2 : 2 + count], "big")
 
 
 def validate_hook_environment(value: object, *, file: Path | str) -> dict[str, str]:

@@ -16,6 +16,11 @@ this agent enforces it:
    pinned certificate's public key.
 
 Every failure is an ``EnvelopeError`` that says which step failed.
+
+The parsing is asn1crypto's; the RSA check is the few lines of RFC 8017 §8.2.2 (encode the
+expected PKCS#1 v1.5 block and compare), so that an agent does not load cryptography's
+OpenSSL bindings (several megabytes, kept for the rest of the process's life) for one modular
+exponentiation per deployment.
 """
 
 from __future__ import annotations
@@ -24,19 +29,17 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
-from asn1crypto import cms, pem  # type: ignore[import-untyped]
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from asn1crypto import cms, pem, x509  # type: ignore[import-untyped]
 
 from opendeploy.core.errors import OpenDeployError
 
 __all__ = [
     "SPEC_FORMAT",
     "EnvelopeError",
+    "PinnedCertificate",
     "load_certificate",
     "verify_envelope",
     "verify_signed_data",
@@ -44,28 +47,63 @@ __all__ = [
 
 SPEC_FORMAT: Final = "PKCS7/JSON"
 _RSA_ALGORITHMS: Final = frozenset({"rsassa_pkcs1v15", "sha256_rsa"})
+#: DER of DigestInfo{sha256, NULL} without the digest (RFC 8017 §9.2, note 1).
+_SHA256_DIGEST_INFO: Final = bytes.fromhex("3031300d060960864801650304020105000420")
 
 
 class EnvelopeError(OpenDeployError):
     """A deployment specification envelope that is malformed or not signed by the pinned key."""
 
 
-def load_certificate(certificate: x509.Certificate | str | bytes) -> x509.Certificate:
+@dataclass(frozen=True, slots=True)
+class PinnedCertificate:
+    """The signer certificate pinned at registration, parsed."""
+
+    der: bytes
+    certificate: Any  # asn1crypto.x509.Certificate
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.der).hexdigest()
+
+
+#: A pinned certificate: parsed, PEM text, or a loaded one with cryptography's ``public_bytes``.
+Pinned = PinnedCertificate | str | bytes | Any
+
+
+def load_certificate(certificate: Pinned) -> PinnedCertificate:
     """A certificate from PEM text (or an already loaded one)."""
-    if isinstance(certificate, x509.Certificate):
+    if isinstance(certificate, PinnedCertificate):
         return certificate
-    data = certificate.encode("ascii") if isinstance(certificate, str) else certificate
+    der = _der(certificate)
     try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise EnvelopeError(
-            f"the pinned signer certificate is not a PEM certificate: {exc}"
-        ) from None
+        parsed = x509.Certificate.load(der)
+        parsed.native  # noqa: B018 - a full parse: a malformed certificate fails here
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise _not_a_certificate(exc) from None
+    return PinnedCertificate(der, parsed)
 
 
-def verify_envelope(
-    envelope: Mapping[str, Any] | None, pinned: x509.Certificate | str | bytes
-) -> dict[str, Any]:
+def _der(certificate: Any) -> bytes:
+    if hasattr(certificate, "public_bytes"):
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return bytes(certificate.public_bytes(Encoding.DER))
+    data = certificate.encode("ascii", "replace") if isinstance(certificate, str) else certificate
+    try:
+        label, _, der = pem.unarmor(data)
+    except (ValueError, TypeError) as exc:
+        raise _not_a_certificate(exc) from None
+    if label != "CERTIFICATE":
+        raise _not_a_certificate(f"its PEM label is {label!r}")
+    return bytes(der)
+
+
+def _not_a_certificate(why: object) -> EnvelopeError:
+    return EnvelopeError(f"the pinned signer certificate is not a PEM certificate: {why}")
+
+
+def verify_envelope(envelope: Mapping[str, Any] | None, pinned: Pinned) -> dict[str, Any]:
     """The specification JSON of a ``GenericEnvelope`` once its signature checks out."""
     if not isinstance(envelope, Mapping):
         raise EnvelopeError("the deployment specification has no GenericEnvelope")
@@ -87,22 +125,19 @@ def verify_envelope(
     return document
 
 
-def verify_signed_data(pem_bytes: bytes, pinned: x509.Certificate | str | bytes) -> bytes:
+def verify_signed_data(pem_bytes: bytes, pinned: Pinned) -> bytes:
     """The content of PEM PKCS#7 SignedData, verified against ``pinned``; else EnvelopeError."""
     certificate = load_certificate(pinned)
     signed_data = _signed_data(pem_bytes)
     content = _content(signed_data)
-    pinned_der = certificate.public_bytes(serialization.Encoding.DER)
-    _check_embedded_certificate(signed_data, pinned_der, certificate)
-    public_key = certificate.public_key()
-    if not isinstance(public_key, rsa.RSAPublicKey):
-        raise EnvelopeError("the pinned signer certificate does not hold an RSA key")
+    _check_embedded_certificate(signed_data, certificate)
+    public_key = _rsa_public_key(certificate)
     signer_infos = list(signed_data["signer_infos"])
     if not signer_infos:
         raise EnvelopeError("the envelope has no signer")
     problems = []
     for signer in signer_infos:
-        if not _names_certificate(signer, certificate):
+        if not _names_certificate(signer, certificate.certificate):
             problems.append("a signer that is not the pinned certificate")
             continue
         _verify_signer(signer, content, public_key)
@@ -146,9 +181,7 @@ def _content(signed_data: Any) -> bytes:
     return content
 
 
-def _check_embedded_certificate(
-    signed_data: Any, pinned_der: bytes, certificate: x509.Certificate
-) -> None:
+def _check_embedded_certificate(signed_data: Any, pinned: PinnedCertificate) -> None:
     embedded = [
         choice.chosen.dump()
         for choice in (signed_data["certificates"] or [])
@@ -156,34 +189,40 @@ def _check_embedded_certificate(
     ]
     if not embedded:
         raise EnvelopeError("the envelope does not embed its signer certificate")
-    if not any(hmac.compare_digest(der, pinned_der) for der in embedded):
+    if not any(hmac.compare_digest(der, pinned.der) for der in embedded):
         found = ", ".join(hashlib.sha256(der).hexdigest()[:16] for der in embedded)
-        pinned = certificate.fingerprint(hashes.SHA256()).hex()[:16]
         raise EnvelopeError(
             "the envelope's signer certificate is not the pinned one (sha256 "
-            f"{found} != pinned {pinned}); re-register the agent if the server's signer changed"
+            f"{found} != pinned {pinned.fingerprint[:16]}); re-register the agent if the"
+            " server's signer changed"
         )
 
 
-def _names_certificate(signer: Any, certificate: x509.Certificate) -> bool:
+def _rsa_public_key(pinned: PinnedCertificate) -> tuple[int, int]:
+    """(modulus, public exponent) of the pinned certificate's key."""
+    key_info = pinned.certificate.public_key
+    if key_info.algorithm != "rsa":
+        raise EnvelopeError("the pinned signer certificate does not hold an RSA key")
+    key = key_info["public_key"].parsed
+    return int(key["modulus"].native), int(key["public_exponent"].native)
+
+
+def _names_certificate(signer: Any, certificate: Any) -> bool:
     sid = signer["sid"]
     if sid.name == "issuer_and_serial_number":
         serial = sid.chosen["serial_number"].native
         issuer = sid.chosen["issuer"].dump()
         return bool(
             serial == certificate.serial_number
-            and hmac.compare_digest(issuer, certificate.issuer.public_bytes())
+            and hmac.compare_digest(issuer, certificate.issuer.dump())
         )
     if sid.name == "subject_key_identifier":
-        try:
-            ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        except x509.ExtensionNotFound:
-            return False
-        return hmac.compare_digest(sid.chosen.native, ski.value.digest)
+        ski = certificate.key_identifier
+        return ski is not None and hmac.compare_digest(sid.chosen.native, ski)
     return False
 
 
-def _verify_signer(signer: Any, content: bytes, public_key: rsa.RSAPublicKey) -> None:
+def _verify_signer(signer: Any, content: bytes, public_key: tuple[int, int]) -> None:
     digest_algorithm = signer["digest_algorithm"]["algorithm"].native
     if digest_algorithm != "sha256":
         raise EnvelopeError(f"the signer uses digest {digest_algorithm!r}; expected sha256")
@@ -211,11 +250,27 @@ def _verify_signer(signer: Any, content: bytes, public_key: rsa.RSAPublicKey) ->
     # IMPLICIT tagging they carry inside SignerInfo (RFC 5652 §5.4).
     encoded = attributes.dump()
     signed_bytes = b"\x31" + encoded[1:]
-    try:
-        public_key.verify(
-            signer["signature"].native, signed_bytes, padding.PKCS1v15(), hashes.SHA256()
-        )
-    except InvalidSignature:
-        raise EnvelopeError(
-            "the envelope's signature does not verify with the pinned certificate"
-        ) from None
+    if not rsa_pkcs1v15_sha256_verify(public_key, signer["signature"].native, signed_bytes):
+        raise EnvelopeError("the envelope's signature does not verify with the pinned certificate")
+
+
+def rsa_pkcs1v15_sha256_verify(
+    public_key: tuple[int, int], signature: bytes, message: bytes
+) -> bool:
+    """RSASSA-PKCS1-v1_5 verification with SHA-256 (RFC 8017 §8.2.2).
+
+    The signature is opened with the public key and compared, whole, with the one block a
+    signer could have produced for ``message``: nothing of the opened block is parsed, so
+    no malformed padding can be accepted (the flaw behind Bleichenbacher's 2006 forgery).
+    """
+    modulus, exponent = public_key
+    size = (modulus.bit_length() + 7) // 8
+    digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+    if len(signature) != size or size < len(digest_info) + 11:
+        return False
+    value = int.from_bytes(signature, "big")
+    if value >= modulus:
+        return False
+    opened = pow(value, exponent, modulus).to_bytes(size, "big")
+    expected = b"\x00\x01" + b"\xff" * (size - len(digest_info) - 3) + b"\x00" + digest_info
+    return hmac.compare_digest(opened, expected)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
 from opendeploy.agent import layout
-from opendeploy.agent.appspec_file import read_appspec
+from opendeploy.agent.appspec_file import find_appspec, read_appspec
 from opendeploy.agent.config import AgentConfig
 from opendeploy.agent.hooks import ScriptLog, run_hooks
 from opendeploy.agent.install import install
@@ -76,6 +76,8 @@ SUCCESS_DIAGNOSTICS: Final[Mapping[str, Any]] = {
 }
 UNKNOWN_ERROR: Final = 5
 _LOG_CHUNK: Final = 256 * 1024
+#: Parsed appspecs kept (a deployment reads its own and the last successful revision's).
+_APPSPEC_CACHE_SIZE: Final = 8
 _ROLLBACK: Final = "codeDeployRollback"
 _BLOCK_TRAFFIC: Final = frozenset({"BeforeBlockTraffic", "AfterBlockTraffic"})
 _ALLOW_TRAFFIC: Final = frozenset({"BeforeAllowTraffic", "AfterAllowTraffic"})
@@ -283,6 +285,7 @@ class Executor:
         self.log_flush_interval = log_flush_interval
         self._uploaders: list[LogUploader] = []
         self.kill_grace = kill_grace
+        self._appspecs: dict[Path, tuple[tuple[int, int, int], AppSpec]] = {}
 
     # -- public ------------------------------------------------------------------------------
 
@@ -503,13 +506,28 @@ class Executor:
         return selected
 
     def _appspec(self, deployment_dir: Path, spec: DeploymentSpec) -> AppSpec:
+        """The revision's parsed appspec, parsed once per file version.
+
+        Every event of a deployment asks for it twice (IsCommandNoop, then the run); the file
+        is identified by inode, size and modification time, so an edit is read again.
+        """
         archive = deployment_dir / layout.ARCHIVE_DIR
         if not archive.is_dir():
             raise SpecError(
                 f"the revision is not unpacked: {archive} does not exist (DownloadBundle has"
                 " not run for this deployment on this host)"
             )
-        return read_appspec(archive, spec.appspec_filename)
+        path = find_appspec(archive, spec.appspec_filename)
+        info = path.stat()
+        version = (info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._appspecs.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        appspec = read_appspec(archive, spec.appspec_filename)
+        if len(self._appspecs) >= _APPSPEC_CACHE_SIZE:
+            self._appspecs.pop(next(iter(self._appspecs)))
+        self._appspecs[path] = (version, appspec)
+        return appspec
 
     def _hook(
         self,
@@ -631,20 +649,15 @@ class LogUploader:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.flush()
+        self.flush(final=True)
 
     def close(self) -> None:
-        """Stop streaming and send the rest in the background.
+        """Stop streaming: the same thread sends the rest, in the background.
 
         The command's completion does not wait for its log: the full log is on disk, and the
         last chunk reaches the server moments later.
         """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._thread = threading.Thread(
-            target=self.flush, kwargs={"final": True}, name="log-upload-final", daemon=True
-        )
-        self._thread.start()
 
     @property
     def sending(self) -> bool:

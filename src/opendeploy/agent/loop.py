@@ -33,11 +33,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from opendeploy.agent.client import Aborted, Backoff, CommandServiceError, CompleteResult
 from opendeploy.agent.config import AgentConfig
-from opendeploy.agent.envelope import EnvelopeError, load_certificate, verify_envelope
 from opendeploy.agent.executor import (
     DeploymentSpec,
     Executor,
@@ -47,6 +46,7 @@ from opendeploy.agent.executor import (
     failure,
 )
 from opendeploy.agent.journal import Journal, JournalEntry, recover
+from opendeploy.agent.wakeup import Wakeup
 
 __all__ = [
     "NOOP_DIAGNOSTICS",
@@ -67,7 +67,6 @@ NOOP_DIAGNOSTICS: Final[Mapping[str, Any]] = {
     "message": "Succeeded: CompletedNoopCommand",
     "log": "",
 }
-_WAIT_TICK: Final = 0.05
 _T = TypeVar("_T")
 
 _current: list[str | None] = [None]
@@ -127,6 +126,26 @@ class _Stopped(Exception):
     pass
 
 
+class _Background(Generic[_T]):
+    """A journal write on a thread of its own; ``result()`` waits for it (None if it raised)."""
+
+    def __init__(self, call: Callable[[], _T]) -> None:
+        self._value: _T | None = None
+
+        def run() -> None:
+            try:
+                self._value = call()
+            except Exception:
+                log.exception("journal write failed")
+
+        self._thread = threading.Thread(target=run, name="journal-write", daemon=True)
+        self._thread.start()
+
+    def result(self) -> _T | None:
+        self._thread.join()
+        return self._value
+
+
 class Agent:
     def __init__(
         self,
@@ -144,14 +163,16 @@ class Agent:
         self.journal = journal or Journal(config.root_dir)
         self.poll_backoff = poll_backoff or Backoff(base=1.0, cap=60.0)
         self.min_poll_interval = min_poll_interval
-        self.certificate = load_certificate(config.spec_signer_certificate)
         self.poll_errors = 0
+        #: Wakes the main thread: a worker's call finished, or a stop was requested.
+        self.wakeup = Wakeup()
+        self._certificate: Any = None
         self._specs: dict[str, DeploymentSpec] = {}
         self._recovered = False
         self._stopping = False
         self._killed = False
-        self._stop_event = threading.Event()
         self._executing = False
+        self._hook_note: _Background[None] | None = None
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -164,10 +185,15 @@ class Agent:
         return self._killed
 
     def request_stop(self) -> None:
-        """First call: stop polling, finish the running command. Second: kill it and exit."""
+        """First call: stop polling, finish the running command. Second: kill it and exit.
+
+        Called from the signal handler, in the main thread: the first call only sets a flag
+        and writes to the wake-up pipe, so it cannot block on a lock the interrupted main
+        thread holds (``threading.Event.set`` could).
+        """
         if not self._stopping:
             self._stopping = True
-            self._stop_event.set()
+            self.wakeup.notify()
             if self._executing:
                 log.warning("stopping after the running command finishes (signal again to kill it)")
             else:
@@ -175,16 +201,27 @@ class Agent:
             return
         if not self._killed:
             self._killed = True
+            self.wakeup.notify()
             self.client.abort.set()
             log.warning("stopping now: killing the running hook; the next start reports it")
             self.executor.abort()
 
     def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` unless a stop is requested; True if it was."""
-        return self._stop_event.wait(max(seconds, 0.0))
+        deadline = time.monotonic() + max(seconds, 0.0)
+        while True:
+            self.wakeup.clear()
+            remaining = deadline - time.monotonic()
+            if self._stopping or remaining <= 0:
+                return self._stopping
+            self.wakeup.wait(remaining)
 
     def _wait_for(self, call: Callable[[], _T], *, stop_on: Callable[[], bool]) -> _T:
-        """``call()`` in a worker thread; raises _Stopped as soon as ``stop_on()`` is true."""
+        """``call()`` in a worker thread; raises _Stopped as soon as ``stop_on()`` is true.
+
+        The main thread blocks until the worker or a stop request wakes it: an idle agent
+        costs no CPU while its long poll is held.
+        """
         box: dict[str, Any] = {}
         done = threading.Event()
 
@@ -195,12 +232,17 @@ class Agent:
                 box["error"] = exc
             finally:
                 done.set()
+                self.wakeup.notify()
 
         worker = threading.Thread(target=run, name="agent-call", daemon=True)
         worker.start()
-        while not done.wait(_WAIT_TICK):
+        while True:
+            self.wakeup.clear()
+            if done.is_set():
+                break
             if stop_on():
                 raise _Stopped
+            self.wakeup.wait()
         if "error" in box:
             raise box["error"]
         value: _T = box["value"]
@@ -322,8 +364,13 @@ class Agent:
             )
             return None
         envelope = (response.get("DeploymentSpecification") or {}).get("GenericEnvelope")
+        # Imported at the first command: an idle agent does without X.509 and CMS code.
+        from opendeploy.agent.envelope import EnvelopeError, load_certificate, verify_envelope
+
         try:
-            spec = DeploymentSpec.parse(verify_envelope(envelope, self.certificate))
+            if self._certificate is None:
+                self._certificate = load_certificate(self.config.spec_signer_certificate)
+            spec = DeploymentSpec.parse(verify_envelope(envelope, self._certificate))
         except (EnvelopeError, SpecError) as exc:
             log.error("%s: refusing the deployment specification: %s", name, exc)
             self._complete(command_id, failure(f"Invalid deployment specification: {exc}"))
@@ -360,6 +407,7 @@ class Agent:
             else:
                 log.warning("%s: the server says it failed already; not running it", name)
             return
+        self._wait_for_hook_notes()
         try:
             entry = self.journal.begin(spec.deployment_id, command_id, name)
         except OSError as exc:
@@ -370,16 +418,53 @@ class Agent:
         if outcome is None:
             log.warning("%s: killed; the next start reports it as failed", name)
             return
-        entry = self.journal.finish(entry, outcome.status, outcome.diagnostics)
-        if self._complete(command_id, outcome):
-            self.journal.clear(entry)
+        self._report(command_id, entry, outcome)
+
+    def _report(self, command_id: str, entry: JournalEntry, outcome: Outcome) -> None:
+        """Journal the outcome while Complete is sent; forget the command once it is stored.
+
+        The journal write (an fsync) overlaps the request instead of delaying it. An agent
+        that dies before the write lands leaves the started-entry, which the next start reports
+        as code 7, as one that died just before the write always did; if the completion got
+        through first, the server keeps it (the first completion wins).
+        """
+        journaled = _Background(lambda: self._journal_outcome(entry, outcome))
+        stored = self._complete(command_id, outcome)
+        finished = journaled.result()
+        if stored:
+            self.journal.clear(finished or entry)
+
+    def _journal_outcome(self, entry: JournalEntry, outcome: Outcome) -> JournalEntry | None:
+        """Record the outcome, after the hook notes still being written; None if it failed."""
+        self._wait_for_hook_notes()
+        try:
+            return self.journal.finish(entry, outcome.status, outcome.diagnostics)
+        except OSError as exc:
+            log.error("cannot journal the outcome (a restart would report code 7): %s", exc)
+            return None
 
     def _note_hook(self, entry: JournalEntry, pid: int) -> None:
-        """Journal the running hook's process group, for a restarted agent to stop."""
-        try:
-            self.journal.note_hook(entry, pid)
-        except OSError as exc:
-            log.warning("cannot journal the hook's process group: %s", exc)
+        """Journal the running hook's process group, for a restarted agent to stop.
+
+        In the background: the hook already runs, and waiting for the fsync would only delay
+        reading its output. Notes are written in order, all before the outcome.
+        """
+        previous = self._hook_note
+
+        def write() -> None:
+            if previous is not None:
+                previous.result()
+            try:
+                self.journal.note_hook(entry, pid)
+            except OSError as exc:
+                log.warning("cannot journal the hook's process group: %s", exc)
+
+        self._hook_note = _Background(write)
+
+    def _wait_for_hook_notes(self) -> None:
+        note, self._hook_note = self._hook_note, None
+        if note is not None:
+            note.result()
 
     def _execute(
         self, command_id: str, name: str, spec: DeploymentSpec, entry: JournalEntry

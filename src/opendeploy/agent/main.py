@@ -62,9 +62,13 @@ def run(config_path: Path, *, log_level: str = "INFO") -> int:
     previous = {
         number: signal.signal(number, on_signal) for number in (signal.SIGTERM, signal.SIGINT)
     }
+    # A signal the kernel hands to another thread must still end the main thread's wait.
+    previous_wakeup = signal.set_wakeup_fd(agent.wakeup.fileno(), warn_on_full_buffer=False)
     try:
         return agent.run_forever()
     finally:
+        signal.set_wakeup_fd(previous_wakeup)
         for number, handler in previous.items():
             signal.signal(number, handler)
         client.close()
+        agent.wakeup.close()

@@ -4,7 +4,7 @@
 ``opendeploy-agent`` holds our own extra operations (full log upload) under another target
 prefix; both are signed for the SigV4 service ``codedeploy-commands``. ``opendeploy`` holds
 our extensions of the public API (full lifecycle event logs), signed for ``codedeploy``.
-The server validates against them; the agent builds botocore clients from them.
+The server validates against them; the agent's requests follow them (``agent/transport.py``).
 """
 
 from __future__ import annotations
