@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from opendeploy.agent.transport import EMPTY_SHA256, ConnectionPool, Signer, TransportError
+from opendeploy.bundles.integrity import fetch_checked
 from opendeploy.core.errors import OpenDeployError
 
 __all__ = ["DownloadError", "download"]
 
 _CHUNK: Final = 1024 * 1024
-_SHA256_RE: Final = re.compile(r"[0-9a-fA-F]{64}")
 _CONTENT_RANGE_RE: Final = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
@@ -52,30 +52,8 @@ def download(
     abort: threading.Event | None = None,
 ) -> None:
     """Bring ``dest`` to the content of ``GET path`` and check it against ``sha256``/``size``."""
-    if not _SHA256_RE.fullmatch(sha256):
-        raise ValueError(f"sha256 {sha256!r} is not 64 hexadecimal digits")
     fetch = _Fetch(pool, signer, path, dest, size, attempts, backoff, abort or threading.Event())
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    resumed = dest.exists() and dest.stat().st_size > 0
-    digest, total = fetch.run()
-    expected = sha256.lower()
-    if digest.hexdigest() != expected and resumed:
-        # The partial file was not the start of this content: start over once.
-        dest.unlink(missing_ok=True)
-        digest, total = fetch.run()
-    actual = digest.hexdigest()
-    if size is not None and total != size:
-        dest.unlink(missing_ok=True)
-        raise DownloadError(
-            f"download of {path} to {dest} has {total} bytes, expected {size} "
-            f"(sha256 expected {expected}, actual {actual}); the file was deleted"
-        )
-    if actual != expected:
-        dest.unlink(missing_ok=True)
-        raise DownloadError(
-            f"download of {path} to {dest} does not match: sha256 expected {expected}, "
-            f"actual {actual}; the file was deleted"
-        )
+    fetch_checked(fetch.run, dest, sha256=sha256, size=size, shown=path, error=DownloadError)
 
 
 class _Fetch:

@@ -34,6 +34,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from opendeploy.bundles.archive import BundleError
+from opendeploy.bundles.integrity import check_sha256, fetch_checked
 
 __all__ = [
     "ChecksumMismatch",
@@ -46,7 +47,6 @@ __all__ = [
 _CHUNK = 1024 * 1024
 _REPOSITORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _COMMIT_RE = re.compile(r"[0-9a-fA-F]{7,40}")
-_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
@@ -96,8 +96,8 @@ def fetch_s3(
     hash to it too. ``dest`` appears only once complete and checked (the body goes to a temporary
     file beside it first). Every failure is a ``FetchError`` naming the bucket and key.
     """
-    if sha256 is not None and not _SHA256_RE.fullmatch(sha256):
-        raise ValueError(f"sha256 {sha256!r} is not 64 hexadecimal digits")
+    if sha256 is not None:
+        check_sha256(sha256)
     where = f"s3://{bucket}/{key}" + (f" (version {version})" if version else "")
     request: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version:
@@ -382,35 +382,18 @@ def fetch_http(
     ``dest`` and raises ``ChecksumMismatch`` naming the expected and actual sha256; an HTTP error
     status raises ``FetchError``. ``auth`` signs each request (httpx function auth).
     """
-    if not _SHA256_RE.fullmatch(sha256):
-        raise ValueError(f"sha256 {sha256!r} is not 64 hexadecimal digits")
     if size is not None and size < 0:
         raise ValueError(f"size must not be negative, got {size}")
-    expected = sha256.lower()
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     shown = _redact(url)
-    resumed = dest.exists() and dest.stat().st_size > 0
-
-    digest, total = _download(client, url, dest, size, auth, attempts, shown)
-    actual = digest.hexdigest()
-    if actual != expected and resumed:
-        # The partial file was not the start of this content: start over once.
-        dest.unlink(missing_ok=True)
-        digest, total = _download(client, url, dest, size, auth, attempts, shown)
-        actual = digest.hexdigest()
-    if size is not None and total != size:
-        dest.unlink(missing_ok=True)
-        raise ChecksumMismatch(
-            f"download of {shown} to {dest} has {total} bytes, expected {size} "
-            f"(sha256 expected {expected}, actual {actual}); the file was deleted"
-        )
-    if actual != expected:
-        dest.unlink(missing_ok=True)
-        raise ChecksumMismatch(
-            f"download of {shown} to {dest} does not match: sha256 expected {expected}, "
-            f"actual {actual}; the file was deleted"
-        )
+    fetch_checked(
+        lambda: _download(client, url, dest, size, auth, attempts, shown),
+        dest,
+        sha256=sha256,
+        size=size,
+        shown=shown,
+        error=ChecksumMismatch,
+    )
 
 
 def _download(
