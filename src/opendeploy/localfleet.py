@@ -10,6 +10,7 @@ import configparser
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -53,6 +54,8 @@ class LocalServer:
     secret_access_key: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    #: The CA certificates (PEM) its HTTPS certificate chains to; None when it serves HTTP.
+    ca_bundle: Path | None = None
 
     def client(self, service: str, **config: Any) -> Any:
         import boto3  # type: ignore[import-untyped]
@@ -65,6 +68,7 @@ class LocalServer:
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
             config=Config(retries={"total_max_attempts": 3, "mode": "standard"}, **config),
+            verify=str(self.ca_bundle) if self.ca_bundle else None,
         )
 
     @property
@@ -89,10 +93,18 @@ def start_server(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     timeout: float = 60.0,
+    tls: tuple[Path, Path] | None = None,
+    ca_bundle: Path | None = None,
 ) -> LocalServer:
     """Start ``opendeploy server`` and wait until it answers; it must be a fresh data dir
-    (or one whose admin-credentials file is still there)."""
+    (or one whose admin-credentials file is still there).
+
+    ``tls`` (certificate, key) makes it serve HTTPS on ``https://127.0.0.1:<port>``; the
+    certificate must chain to ``ca_bundle`` and name 127.0.0.1."""
     port = port or free_port()
+    tls_args: list[str] = []
+    if tls is not None:
+        tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -105,6 +117,7 @@ def start_server(
                 str(port),
                 "--log-level",
                 "warning",
+                *tls_args,
                 *args,
             ),
             stdout=log,
@@ -112,13 +125,14 @@ def start_server(
             env=_clean_environment(env),
             start_new_session=True,
         )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited ({process.returncode}); see {log_path}")
         try:
-            if httpx.get(endpoint + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(endpoint + "/readyz", timeout=2, verify=verify).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -135,6 +149,7 @@ def start_server(
         secret_access_key=credentials["default"]["aws_secret_access_key"],
         process=process,
         log_path=log_path,
+        ca_bundle=ca_bundle,
     )
 
 
@@ -207,7 +222,7 @@ class LocalFleet:
         """Register ``count`` hosts (tags plus ``Name=<name>``) and start their agents."""
         iam = self.server.client("iam")
         codedeploy = self.server.client("codedeploy")
-        certificate = fetch_signer_certificate(self.server.endpoint)
+        certificate = fetch_signer_certificate(self.server.endpoint, self.server.ca_bundle)
         added = []
         first = len(self.agents)
         for index in range(first, first + count):
@@ -227,6 +242,7 @@ class LocalFleet:
                     destination_root=home / "fs",
                     tags={**(tags or {}), "Name": name},
                     hook_environment=environment,
+                    ca_bundle=self.server.ca_bundle,
                 ),
                 certificate=certificate,
             )

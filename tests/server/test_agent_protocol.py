@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from opendeploy.store import contacts
 from opendeploy.store import deployments as store
 from opendeploy.store.database import Database
 
@@ -566,7 +567,7 @@ def test_a_waiting_long_poll_is_woken_by_create_deployment(patient_fleet: Fleet)
 
 def _last_contact(database: Database, name: str) -> float | None:
     with database.read() as connection:
-        return store.last_contacts(connection, [name]).get(name)
+        return contacts.last_contacts(connection, [name]).get(name)
 
 
 def test_a_silent_agent_fails_its_event_as_heartbeat_lost(quick_fleet: Fleet) -> None:

@@ -149,6 +149,27 @@ def test_a_signed_request_is_accepted(server: Any) -> None:
     assert response.headers["x-amzn-RequestId"]
 
 
+def test_revoking_a_key_or_a_policy_takes_effect_at_once(
+    server: Any, reader: dict[str, str]
+) -> None:
+    """The server keeps who a key stands for in memory; IAM changes reach it when they
+    commit, not when the memory expires."""
+    iam = client(server, "iam", server.access_key_id, server.secret_access_key)
+    as_reader = {"key": reader["key"], "secret": reader["secret"]}
+    assert json_call(server, **as_reader).status_code == 200
+
+    iam.detach_user_policy(UserName=reader["name"], PolicyArn=POLICY_ARNS[Role.READER])
+    status, code, _ = json_error(json_call(server, **as_reader))
+    assert (status, code) == (403, "AccessDeniedException")
+
+    iam.attach_user_policy(UserName=reader["name"], PolicyArn=POLICY_ARNS[Role.READER])
+    assert json_call(server, **as_reader).status_code == 200
+
+    iam.delete_access_key(UserName=reader["name"], AccessKeyId=reader["key"])
+    status, code, _ = json_error(json_call(server, **as_reader))
+    assert (status, code) == (400, "UnrecognizedClientException")
+
+
 def test_any_signing_region_is_accepted(server: Any) -> None:
     assert json_call(server, region="eu-west-3").status_code == 200
     codedeploy = client(

@@ -678,3 +678,74 @@ def test_botocore_signed_path_and_query_verify() -> None:
         verify(url.path, url.query.replace("two", "three"))
     with pytest.raises(AuthError):
         verify("/ui/apps/other/", url.query)
+
+
+# --- the fast path for POST / is botocore's canonical request ------------------------------
+
+
+ROOT_HEADER_SETS = [
+    pytest.param(
+        {name.lower(): [value] for name, value in vector_headers().items()}, id="stock-agent"
+    ),
+    pytest.param(
+        {
+            "host": ["127.0.0.1:8080"],
+            "x-amz-date": ["20261126T034441Z"],
+            "x-amz-target": ["  Spaced \t  out   value  "],
+            "x-custom": ["first", " second  value ", "third"],
+            "user-agent": ["latin-1 caf\xe9 \xa0 nbsp"],
+        },
+        id="repeats-whitespace-latin1",
+    ),
+    pytest.param(
+        {
+            "host": ["example.com"],
+            "x-amz-date": ["20261126T034441Z"],
+            "x-amz-content-sha256": [
+                " 1ba11b0fa486603f5694213120a0889d5adef04d0304d4b213404081b3d45bee"
+            ],
+        },
+        id="content-hash-taken-as-given",
+    ),
+]
+
+
+@pytest.mark.parametrize("headers", ROOT_HEADER_SETS)
+@pytest.mark.parametrize("body", [b"", b'{"a": 1}'])
+def test_the_root_canonical_request_is_botocore_s(
+    headers: dict[str, list[str]], body: bytes
+) -> None:
+    from opendeploy.server.sigv4 import _botocore_canonical_request, _canonical_root_request
+
+    signed = tuple(sorted(name for name in headers if name != "authorization"))
+    fast = _canonical_root_request("post", signed, headers, body)
+    botocore = _botocore_canonical_request(
+        method="post",
+        path="/",
+        query="",
+        signed_names=signed,
+        headers=headers,
+        body=body,
+        access_key_id=VECTOR_KEY,
+        secret=VECTOR_SECRET,
+        service="codedeploy-commands",
+        region="us-east-1",
+        amz_date_text="20261126T034441Z",
+    )
+    assert fast == botocore
+
+
+def test_the_root_fast_path_rebuilds_the_stock_agent_s_canonical_request() -> None:
+    from opendeploy.server.sigv4 import _canonical_root_request
+
+    headers = {name.lower(): [value] for name, value in vector_headers().items()}
+    assert (
+        _canonical_root_request("POST", tuple(VECTOR_SIGNED.split(";")), headers, VECTOR_BODY)
+        == VECTOR_CANONICAL_REQUEST
+    )
+
+
+def test_signing_keys_kept_per_secret_never_verify_another_secret() -> None:
+    verify_vector()
+    auth_error("InvalidSignatureException", secret_for=lambda key: VECTOR_SECRET.replace("0", "1"))
+    assert verify_vector().access_key_id == VECTOR_KEY

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,7 +14,13 @@ from opendeploy.core.errors import OpenDeployError
 from opendeploy.logs import configure_logging
 from opendeploy.settings import ServerSettings
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
 __all__ = ["db", "server"]
+
+#: Seconds uvicorn lets requests in flight finish after it is told to stop, before it cuts them.
+GRACEFUL_SHUTDOWN_SECONDS = 3
 
 _DATA_DIR = click.option(
     "--data-dir",
@@ -98,6 +108,21 @@ _DATABASE_URL = click.option(
     "variable, a flag shows in the process list [env OPENDEPLOY_ALERTMANAGER_TOKEN; "
     "default none: pushes refused].",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="OPENDEPLOY_TLS_CERT",
+    default=None,
+    help="Serve HTTPS with this certificate (PEM; the server's certificate first, then any "
+    "intermediates) [env OPENDEPLOY_TLS_CERT; default plain HTTP]. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="OPENDEPLOY_TLS_KEY",
+    default=None,
+    help="The certificate's private key (PEM, unencrypted) [env OPENDEPLOY_TLS_KEY].",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-format",
@@ -122,12 +147,12 @@ def server(
     prometheus_url: str | None,
     alarm_poll_seconds: float | None,
     alertmanager_token: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the OpenDeploy server (API, agent endpoint and dashboard on one port)."""
-    import uvicorn
-
     from opendeploy.server.app import create_app
     from opendeploy.server.bootstrap import bootstrap
     from opendeploy.server.triggers import TriggerOptions
@@ -150,18 +175,25 @@ def server(
         trigger_timeout=trigger_timeout,
         trigger_max_attempts=trigger_max_attempts,
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
     try:
         started = bootstrap(settings)
     except OpenDeployError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"OpenDeploy server on {settings.endpoint}")
+    endpoint = settings.endpoint
+    if tls_cert is not None:
+        endpoint = "https://" + endpoint.removeprefix("http://")
+    click.echo(f"OpenDeploy server on {endpoint}")
     click.echo(f"  database: {_describe_url(settings.resolved_database_url)}")
     if started.credentials_file is not None:
         credentials = started.credentials_file.resolve()
         click.echo(f"  admin credentials written to {credentials} (mode 0600)")
         click.echo(
             f"  try: AWS_SHARED_CREDENTIALS_FILE={credentials} "
-            f"aws deploy list-applications --endpoint-url {settings.endpoint} "
+            f"aws deploy list-applications --endpoint-url {endpoint} "
             f"--region {settings.region}"
         )
     app = create_app(
@@ -176,14 +208,102 @@ def server(
         alarm_poll_seconds=settings.alarm_poll_seconds,
         alertmanager_token=settings.alertmanager_token,
     )
-    uvicorn.run(
+    tls: dict[str, Any] = {}
+    if tls_cert is not None:
+        # ssl_ciphers "": Python's own defaults (TLS 1.2 and up, forward secrecy, AEAD
+        # ciphers), not uvicorn's much wider "TLSv1" cipher list.
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key), "ssl_ciphers": ""}
+    _serve(
         app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=False,
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **tls,
     )
+
+
+def _serve(app: Starlette, **config: Any) -> None:
+    """``uvicorn.run``, except that the application's shutdown begins as soon as uvicorn's does.
+
+    Uvicorn, told to stop, stops listening, lets requests in flight finish (cutting them after
+    its graceful timeout) and only then runs the application's lifespan end. Held long polls
+    would be cut after the timeout and the reconciler lease would stay taken until it expires:
+    ``Shutdown.begin`` answers the polls and releases the lease first. It runs on the event loop
+    and does not yield, so uvicorn closes its listening sockets and marks every open connection
+    to close after its response before any answered poll sends that response.
+    """
+    import uvicorn
+
+    app_shutdown = app.state.shutdown
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app_shutdown.begin()
+            await super().shutdown(sockets)
+
+    served = Server(uvicorn.Config(app, **config))
+    # uvicorn re-raises the SIGINT it stopped on once it has stopped: a clean stop.
+    with contextlib.suppress(KeyboardInterrupt):
+        served.run()
+    if not served.started:
+        # It could not listen (port in use, say), and logged why: uvicorn's startup failure.
+        raise SystemExit(3)
+
+
+def _check_tls(cert_path: Path, key_path: Path) -> None:
+    """Refuse, naming the file, a certificate or key the server could not serve HTTPS with."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert_data = _read(cert_path, "--tls-cert")
+    key_data = _read(key_path, "--tls-key")
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_data)[0]
+    except ValueError:
+        raise click.ClickException(
+            f"--tls-cert {cert_path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise click.ClickException(
+            f"--tls-key {key_path} is encrypted; give the server an unencrypted key "
+            "(readable by its user only)"
+        ) from None
+    except ValueError:
+        raise click.ClickException(
+            f"--tls-key {key_path} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+        ) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise click.ClickException(
+            f"--tls-key {key_path} does not match the certificate in --tls-cert {cert_path} "
+            "(the first certificate in the file must be the server's own)"
+        )
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as error:
+        raise click.ClickException(
+            f"cannot serve HTTPS with --tls-cert {cert_path} and --tls-key {key_path}: {error}"
+        ) from None
+    expires = certificate.not_valid_after_utc
+    if expires <= datetime.datetime.now(datetime.UTC):
+        click.echo(
+            f"warning: the certificate in --tls-cert {cert_path} expired on {expires:%Y-%m-%d}; "
+            "clients will refuse it",
+            err=True,
+        )
+
+
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise click.ClickException(f"cannot read {flag} {path}: {error.strerror}") from None
 
 
 def _describe_url(url: str) -> str:

@@ -4,43 +4,64 @@ Signed for SigV4 service ``codedeploy-commands`` by an agent user. PollHostComma
 poll: held until a command for the host exists or ``long_poll_seconds`` pass. Use cases that
 create commands wake the held polls through ``notify`` (from any thread), and other replicas'
 through PostgreSQL NOTIFY. With other replicas a held poll also re-checks the database every
-``recheck_seconds`` (30 s by default; one read, no contact write), a safety net for a
-notification lost while the LISTEN connection was down; a lone server (SQLite) needs none:
-every command is created in-process. Idle polls are most of a fleet's traffic: 2,000 idle
-agents re-checking every 5 s, each time with a contact write, cost 400 write transactions a
-second; a poll whose time ran out answers without one more look.
+``recheck_seconds`` (30 s by default; one read), a safety net for a notification lost while
+the LISTEN connection was down; a lone server (SQLite) needs none: every command is created
+in-process.
+
+Idle polls are most of a fleet's traffic, so one costs as little as we can make it: the
+signature is checked on the event loop when the caller's key is in memory (no trip to a
+thread), the host and whether a command waits are one read transaction, contact is noted in
+memory (``store.contacts``), and a poll whose time ran out answers without one more look.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import itertools
 import json
+import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opendeploy.core.errors import ServiceError
+from opendeploy.core.errors import AuthError, ServiceError
 from opendeploy.core.policies import AGENT
 from opendeploy.server.api import authenticate_request
 from opendeploy.server.auth import Authenticator
 from opendeploy.server.protocol import JsonProtocol
-from opendeploy.server.service.agent import AgentService, Host
+from opendeploy.server.service.agent import AgentService
 from opendeploy.server.service.context import Caller
 from opendeploy.wire import COMMANDS_SERVICE, EXTENSIONS_SERVICE, service_model
 
 __all__ = ["AgentApi", "PollHub"]
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 #: How often a held poll re-checks the database when other replicas may create its commands.
 REPLICA_RECHECK_SECONDS = 30.0
+#: Threads that run polls' database looks.
+POLL_THREADS = 8
+#: Hosts whose last wake-up is remembered (for polls looking in the database meanwhile).
+_WOKEN_LIMIT = 10_000
 
 
 class PollHub:
-    """Held long polls by host, and the thread-safe way to wake them (a CommandNotifier)."""
+    """Held long polls by host, and the thread-safe way to wake them (a CommandNotifier).
+
+    A poll looks in the database before it waits, and a wake-up for its host may come while it
+    looks: ``mark`` before the look and ``woken_since`` after registering the waiter tell it
+    to look again. Everything but ``notify``/``wake_local`` runs on the event loop.
+    """
 
     def __init__(self, publish: Callable[[Iterable[str]], None] | None = None) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -48,6 +69,10 @@ class PollHub:
         #: Tells the other replicas (PostgreSQL NOTIFY); None with one server.
         self.publish = publish
         self.closing = False
+        self._wakes = itertools.count(1)
+        self._last_wake = 0
+        #: host -> number of its latest wake-up
+        self._woken: dict[str, int] = {}
 
     @property
     def waiting(self) -> int:
@@ -68,9 +93,24 @@ class PollHub:
         loop.call_soon_threadsafe(self._wake, tuple(instance_names))
 
     def _wake(self, names: tuple[str, ...]) -> None:
+        number = self._last_wake = next(self._wakes)
+        if len(self._woken) + len(names) > _WOKEN_LIMIT:
+            # Only polls looking in the database right now need these; they are recent.
+            recent = number - _WOKEN_LIMIT // 2
+            self._woken = {name: n for name, n in self._woken.items() if n > recent}
         for name in names:
+            self._woken[name] = number
             for event in self._waiters.get(name, ()):
                 event.set()
+
+    def mark(self) -> int:
+        """Where the wake-ups are now; on the event loop, before a look in the database."""
+        self._loop = asyncio.get_running_loop()
+        return self._last_wake
+
+    def woken_since(self, name: str, mark: int) -> bool:
+        """Whether ``name`` was woken after ``mark`` (its look may have missed the work)."""
+        return self._woken.get(name, 0) > mark
 
     def release_all(self) -> None:
         """Shutting down: every held poll answers now (empty), so the server stops at once."""
@@ -95,6 +135,63 @@ class PollHub:
                     del self._waiters[name]
 
 
+class _Lookers:
+    """A few daemon threads that run polls' database looks.
+
+    Every poll makes a trip to a thread and back; this is the cheapest such trip we have (a
+    C queue there, ``call_soon_threadsafe`` back): Starlette's thread pool (anyio's cancel
+    scopes and capacity limiter) and ``ThreadPoolExecutor`` (a semaphore per submit) spend
+    more of the event loop's time on each. Looks are short reads, so a few threads suffice.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._jobs: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]]
+        ] = queue.SimpleQueue()
+        self._started = False
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """``job()`` in a thread; await the answer on the running loop."""
+        if not self._started:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, job))
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            for index in range(self._threads):
+                threading.Thread(
+                    target=self._work, name=f"opendeploy-poll-{index}", daemon=True
+                ).start()
+            self._started = True
+
+    def _work(self) -> None:
+        while True:
+            loop, future, job = self._jobs.get()
+            try:
+                outcome: tuple[Any, BaseException | None] = (job(), None)
+            except BaseException as error:
+                outcome = (None, error)
+            # A closed loop raises RuntimeError: nobody waits for this answer any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class AgentApi:
     def __init__(
         self,
@@ -109,6 +206,7 @@ class AgentApi:
         self.authenticator = authenticator
         self.hub = hub
         self.long_poll_seconds = long_poll_seconds
+        self._lookers = _Lookers(POLL_THREADS)
         #: None: REPLICA_RECHECK_SECONDS with other replicas (``hub.publish`` set), else never.
         self._recheck_seconds = recheck_seconds
         self.protocols = {
@@ -135,7 +233,11 @@ class AgentApi:
         prefix = next(p for p in self.protocols if target.startswith(p))
         protocol = self.protocols[prefix]
         operation = protocol.operation(target[len(prefix) :])
-        caller = await authenticate_request(self.authenticator, request, body, AGENT, request_id)
+        caller = self._caller_in_memory(request, body, request_id)
+        if caller is None:
+            caller = await authenticate_request(
+                self.authenticator, request, body, AGENT, request_id
+            )
         Authenticator.authorize(caller, AGENT, operation.name)
         params = _json_body(body)
         protocol.validate_input(operation, params)
@@ -147,10 +249,29 @@ class AgentApi:
             headers={"x-amzn-RequestId": request_id},
         )
 
+    def _caller_in_memory(self, request: Request, body: bytes, request_id: str) -> Caller | None:
+        """The verified caller when its key is in memory (no I/O: on the event loop)."""
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        try:
+            verified = self.authenticator.authenticate_cached(
+                method=request.method,
+                path=raw_path.decode("latin-1"),
+                query=request.scope.get("query_string", b"").decode("latin-1"),
+                headers=request.headers,
+                body=body,
+                services=(AGENT,),
+                now=dt.datetime.now(dt.UTC),
+            )
+        except AuthError as error:
+            # The code only, as for any refusal: messages may quote the canonical request.
+            client = request.client.host if request.client else "unknown"
+            log.info("request %s from %s refused: %s", request_id, client, error.code)
+            raise
+        return None if verified is None else verified[0]
+
     async def _dispatch(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         if operation == "PollHostCommand":
-            host = await run_in_threadpool(self.service.host, caller, params.get("HostIdentifier"))
-            command = await self._long_poll(host)
+            command = await self._long_poll(caller, params.get("HostIdentifier"))
             return {"HostCommand": command} if command is not None else {}
         # One trip to the thread pool for the host lookup and the use case together.
         return await run_in_threadpool(self._call, operation, caller, params)
@@ -174,26 +295,41 @@ class AgentApi:
             return service.put_log(host, command_id, params["Offset"], params["Log"])
         raise ServiceError("UnknownOperationException", f"{operation} is not served here.")
 
-    async def _long_poll(self, host: Host) -> dict[str, Any] | None:
+    async def _long_poll(
+        self, caller: Caller, host_identifier: str | None
+    ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.long_poll_seconds
-        first = True
-        with self.hub.waiter(host.instance.name) as event:
+        hub = self.hub
+        mark = hub.mark()
+        host, command = await self._lookers.run(lambda: self.service.poll(caller, host_identifier))
+        if command is not None or hub.closing:
+            return command
+        with hub.waiter(host.instance.name) as event:
+            if hub.woken_since(host.instance.name, mark):
+                event.set()
             while True:
-                event.clear()
-                command = await run_in_threadpool(self.service.claim, host, contact=first)
-                first = False
-                remaining = deadline - loop.time()
-                if command is not None or remaining <= 0 or self.hub.closing:
-                    return command
-                try:
-                    await asyncio.wait_for(event.wait(), min(remaining, self.recheck_seconds))
-                except TimeoutError:
-                    if deadline - loop.time() <= 0:
-                        # Nothing woke the poll and its time is up: answer empty without one
-                        # more look (half an idle poll's database work); the agent polls again
-                        # at once, and a poll looks first.
+                if not event.is_set():
+                    remaining = deadline - loop.time()
+                    last = remaining <= self.recheck_seconds
+                    if remaining <= 0:
                         return None
+                    try:
+                        async with asyncio.timeout(remaining if last else self.recheck_seconds):
+                            await event.wait()
+                    except TimeoutError:
+                        if last:
+                            # Nothing woke the poll and its time is up (a timer may fire a
+                            # little early: no clock comparison here): answer empty without
+                            # one more look; the agent polls again at once, and a poll
+                            # looks first.
+                            return None
+                if hub.closing:
+                    return None
+                event.clear()
+                command = await self._lookers.run(lambda: self.service.claim(host))
+                if command is not None:
+                    return command
 
 
 def _json_body(body: bytes) -> dict[str, Any]:

@@ -1,11 +1,17 @@
-"""The ASGI application: public API, health probes. No module-level app object."""
+"""The ASGI application: public API, health probes. No module-level app object.
+
+Stopping has two steps (``Shutdown``): at once, held long polls answer and the background
+work stops, releasing its leases; then, once no request is left, the database closes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -30,9 +36,83 @@ from opendeploy.server.service.context import ServiceContext
 from opendeploy.server.triggers import TriggerOptions, TriggerWorker
 from opendeploy.store.wakeups import CommandChannel
 
-__all__ = ["create_app"]
+__all__ = ["Shutdown", "create_app"]
+
+log = logging.getLogger(__name__)
 
 _REQUEST_ID = b"x-amzn-requestid"
+_CONNECTION = b"connection"
+
+
+class Shutdown:
+    """The first step of stopping: taken as soon as the server is told to stop.
+
+    ``begin`` answers every held long poll at once (empty), makes every response from then on
+    close its connection, and stops the background work in a thread: the reconciler releases
+    its lease, so another replica takes it over at its next pass rather than when the lease
+    expires. An agent whose poll is answered polls again at once, on a new connection, which
+    the load balancer sends to another replica.
+
+    Why not simply in the lifespan's end: uvicorn runs it only after every open connection has
+    closed, or, past its graceful-shutdown timeout, after it has cancelled the requests still
+    running. Held polls then are cut, not answered, and the lease stays until it expires.
+    ``opendeploy server`` therefore calls ``begin`` when uvicorn starts to shut down; the
+    lifespan's end calls it too (it runs once) and waits for it, so any ASGI server stops
+    cleanly, if later.
+    """
+
+    def __init__(self, hub: PollHub, background: Sequence[Callable[[], None]]) -> None:
+        self._hub = hub
+        self._background = tuple(background)
+        self._stopped: asyncio.Future[None] | None = None
+
+    @property
+    def begun(self) -> bool:
+        return self._stopped is not None
+
+    def begin(self) -> Awaitable[None]:
+        """Release held polls and start stopping the background work; call it on the event
+        loop. It does not wait: await the result to know the background work has stopped."""
+        if self._stopped is None:
+            self._hub.release_all()
+            self._stopped = asyncio.ensure_future(asyncio.to_thread(self._stop_background))
+        return self._stopped
+
+    def _stop_background(self) -> None:
+        for stop in self._background:
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping background work failed")
+
+
+class CloseWhenStoppingMiddleware:
+    """Once the server is stopping, every response says ``Connection: close``.
+
+    A client then opens a new connection for its next request, which goes to a replica that
+    is not stopping, instead of reusing one that this replica is about to close."""
+
+    def __init__(self, app: ASGIApp, shutdown: Shutdown) -> None:
+        self.app = app
+        self.shutdown = shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.shutdown.begun:
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != _CONNECTION
+                ]
+                headers.append((_CONNECTION, b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 class RequestIdMiddleware:
@@ -129,6 +209,9 @@ def create_app(
             )
         return JSONResponse({"status": "ready"})
 
+    # The reconciler first: its lease is what another replica waits for.
+    shutdown = Shutdown(hub, [reconciler.stop, alarms.stop, trigger_worker.stop])
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         reconciler.start()
@@ -138,11 +221,8 @@ def create_app(
         try:
             yield
         finally:
-            hub.release_all()
+            await shutdown.begin()
             channel.stop()
-            alarms.stop()
-            trigger_worker.stop()
-            reconciler.stop()
             context.db.dispose()
 
     routes: list[BaseRoute] = [
@@ -166,8 +246,14 @@ def create_app(
         ]
     routes += dashboard_routes(context)
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(CloseWhenStoppingMiddleware, shutdown=shutdown),
+        ],
         lifespan=lifespan,
     )
+    #: ``opendeploy server`` begins it as soon as uvicorn starts to shut down.
+    app.state.shutdown = shutdown
+    return app

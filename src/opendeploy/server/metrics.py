@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from opendeploy.core.deployments import DeploymentStatus
+from opendeploy.store import contacts
 from opendeploy.store import deployments as store
 from opendeploy.store.database import Database
 
@@ -38,7 +39,9 @@ class _State(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.db.read() as connection:
             counts = store.status_counts(connection)
-            connected = store.agents_heard_since(connection, self.clock() - self.heartbeat_timeout)
+            connected = contacts.agents_heard_since(
+                connection, self.clock() - self.heartbeat_timeout
+            )
         deployments = GaugeMetricFamily(
             "opendeploy_deployments", "Deployments by status.", labels=["status"]
         )

@@ -15,12 +15,16 @@ import uuid
 from opendeploy.core.engine import HostLost
 from opendeploy.server.service.context import ServiceContext
 from opendeploy.server.service.engine_runner import feed
+from opendeploy.store import contacts as contact_store
 from opendeploy.store import deployments as store
 from opendeploy.store import leases
 
-__all__ = ["Reconciler"]
+__all__ = ["LEASE", "Reconciler"]
 
 log = logging.getLogger(__name__)
+
+#: The lease whose holder runs the passes when several replicas share a database.
+LEASE = "reconciler"
 
 
 class Reconciler:
@@ -43,12 +47,12 @@ class Reconciler:
         With several replicas only the holder of the ``reconciler`` lease does it.
         """
         if not leases.acquire(
-            self.ctx.db, "reconciler", self.holder, now=now, ttl=max(3 * self.interval, 15.0)
+            self.ctx.db, LEASE, self.holder, now=now, ttl=max(3 * self.interval, 15.0)
         ):
             return 0
         with self.ctx.db.read() as connection:
             open_commands = store.overdue_commands(connection)
-            contacts = store.last_contacts(
+            contacts = contact_store.last_contacts(
                 connection, sorted({command.instance_name for command, _ in open_commands})
             )
         lost = 0
@@ -81,9 +85,22 @@ class Reconciler:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the loop, then release the ``reconciler`` lease so that another replica takes
+        over at its next pass instead of once the lease has expired.
+
+        The lease is released only once the loop has ended: a pass still running would renew
+        it. The database must still be open."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._thread is None:
+            return
+        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            log.warning("the reconciler pass did not end; its lease will expire on its own")
+            return
+        try:
+            leases.release(self.ctx.db, LEASE, self.holder)
+        except Exception:
+            log.exception("releasing the reconciler lease failed; it will expire on its own")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

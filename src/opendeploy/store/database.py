@@ -1,33 +1,124 @@
 """Engine set-up per dialect and transactions.
 
 This is the only module that names SQLite or PostgreSQL. SQLite runs in WAL mode with a busy
-timeout and takes its write lock at BEGIN (``BEGIN IMMEDIATE``) so two writers queue instead of
-failing on lock upgrade; PostgreSQL uses ordinary transactions.
+timeout and takes its write lock at BEGIN (``BEGIN IMMEDIATE``); transactions must therefore
+be opened with :meth:`Database.read` and :meth:`Database.write`. Writers of one process queue
+on an in-process lock before they BEGIN: SQLite's own busy handler retries by sleeping, which
+under a heavy write load lets a writer lose again and again until its busy timeout runs out;
+a queue in the process is first come, first served. PostgreSQL uses ordinary transactions.
+
+A write that cannot get the database in time (the queue, SQLite's busy timeout, or the
+PostgreSQL connection pool) raises :class:`DatabaseBusy`, a retryable ``ThrottlingException``
+(HTTP 503) rather than an internal failure: the SDKs and our agent retry it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from collections.abc import Iterator
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-__all__ = ["Database", "alembic_config", "make_sqlite_url"]
+from opendeploy.core.errors import ServiceError
+
+__all__ = [
+    "Database",
+    "DatabaseBusy",
+    "after_commit",
+    "alembic_config",
+    "make_sqlite_url",
+    "notify_on_commit",
+]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+#: Seconds a writer waits for the database (in-process queue, then SQLite's busy timeout).
+WRITE_WAIT_SECONDS = 30.0
+_AFTER_COMMIT = "opendeploy_after_commit"
+#: SQLite's words for a lock it could not get in time.
+_LOCKED = ("database is locked", "database table is locked")
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseBusy(ServiceError):
+    """The database could not take this request's work in time; retry later."""
+
+    status = 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "ThrottlingException",
+            f"The server is busy ({detail}); retry the request with backoff.",
+        )
+
+
+class _FairLock:
+    """A re-entrant lock that threads get in the order they asked for it.
+
+    ``threading.Lock`` has no order: under a steady stream of writers one of them can lose
+    again and again until its wait runs out. Here the releasing thread hands the lock to the
+    oldest waiter.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._queue: collections.deque[tuple[threading.Lock, int]] = collections.deque()
+
+    def acquire(self, timeout: float) -> bool:
+        me = threading.get_ident()
+        with self._guard:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None:
+                self._owner, self._depth = me, 1
+                return True
+            turn = threading.Lock()
+            turn.acquire()
+            self._queue.append((turn, me))
+        if turn.acquire(timeout=timeout):
+            return True
+        with self._guard:
+            if (turn, me) in self._queue:
+                self._queue.remove((turn, me))
+                return False
+        return True  # handed over just as the wait ran out
+
+    def release(self) -> None:
+        with self._guard:
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._queue:
+                turn, waiter = self._queue.popleft()
+                self._owner, self._depth = waiter, 1
+                turn.release()
+            else:
+                self._owner = None
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, write_wait: float = WRITE_WAIT_SECONDS
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.write_wait = write_wait
         options: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
-            options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            options["connect_args"] = {"check_same_thread": False, "timeout": write_wait}
             if ":memory:" in url or url.rstrip("/") == "sqlite:":
                 raise ValueError("OpenDeploy needs a file-backed SQLite database, not :memory:")
         else:
@@ -35,31 +126,100 @@ class Database:
             options["pool_size"] = 10
             options["max_overflow"] = 20
         self.engine: Engine = create_engine(url, **options)
+        #: SQLite's one writer at a time, taken in this process before BEGIN IMMEDIATE.
+        self._writer = _FairLock() if self.is_sqlite else None
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, write_wait)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection, connection.begin():
+        with _busy_as_throttling(), self.engine.connect() as connection, connection.begin():
+            self._begin(connection, immediate=False)
             yield connection
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection:
-            if self.is_sqlite:
-                connection.info["immediate"] = True
-            with connection.begin():
-                yield connection
+        """A write transaction; callbacks given to :func:`after_commit` run once it commits."""
+        with _busy_as_throttling(), self._writer_turn():
+            callbacks: list[Callable[[], None]] = []
+            with self.engine.connect() as connection:
+                connection.info.pop(_AFTER_COMMIT, None)
+                try:
+                    with connection.begin():
+                        self._begin(connection, immediate=True)
+                        yield connection
+                    callbacks = connection.info.pop(_AFTER_COMMIT, [])
+                finally:
+                    connection.info.pop(_AFTER_COMMIT, None)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a callback after a commit failed")
+
+    def _begin(self, connection: Connection, *, immediate: bool) -> None:
+        """Open SQLite's transaction (the driver runs in autocommit mode, and SQLAlchemy's
+        ``begin`` sends nothing): ``BEGIN IMMEDIATE`` takes the write lock at once, so a
+        writer never fails upgrading a read lock. Sent on the driver connection: a
+        SQLAlchemy ``begin`` event would put event dispatch on every statement of the
+        process, and through SQLAlchemy BEGIN costs as much as a query."""
+        if self.is_sqlite:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        if self._writer is None:
+            yield
+            return
+        if not self._writer.acquire(timeout=self.write_wait):
+            raise DatabaseBusy(f"no turn to write within {self.write_wait:.0f} s")
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     def upgrade(self) -> None:
-        """Run the Alembic migrations up to head."""
+        """Run the Alembic migrations up to head, in one transaction."""
         with self.engine.begin() as connection:
+            self._begin(connection, immediate=True)
             config = alembic_config(self.url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def after_commit(connection: Connection, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the :meth:`Database.write` transaction of ``connection`` has
+    committed (never if it rolls back). Outside such a transaction it never runs: callers
+    that must not miss it also act at once."""
+    connection.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def notify_on_commit(connection: Connection, channel: str, payload: str) -> None:
+    """Tell every PostgreSQL listener of ``channel``, when this transaction commits (NOTIFY is
+    transactional). Nothing on SQLite, where one server process has the database."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
+        )
+
+
+@contextlib.contextmanager
+def _busy_as_throttling() -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, sqlite3.OperationalError) as error:
+        # SQLAlchemy wraps the driver's error; our own BEGIN on the driver does not.
+        message = str(error.orig if isinstance(error, OperationalError) else error)
+        if any(words in message for words in _LOCKED):
+            raise DatabaseBusy("the database is locked") from error
+        raise
+    except PoolTimeout as error:
+        raise DatabaseBusy("no database connection free") from error
 
 
 def alembic_config(url: str) -> Config:
@@ -69,21 +229,17 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit mode: transactions are opened by Database._begin, as we choose.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        immediate = connection.info.pop("immediate", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_sqlite_url(data_dir: Path) -> str:

@@ -1,21 +1,34 @@
-"""IAM users, their access keys and attached policies, and the audit log."""
+"""IAM users, their access keys and attached policies, and the audit log.
+
+Servers keep who a key stands for in memory (``server.auth``), so every change that can take a
+permission away or give one (deleting a key or a user, attaching or detaching a policy) is
+announced: :data:`changes` learns it in this process once the transaction commits, and on
+PostgreSQL a NOTIFY on :data:`CHANNEL` tells the other replicas, whose listener calls
+``changes.user_changed``. Creating a user or a key needs no announcement: nothing unknown is
+kept in memory.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, select
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from opendeploy.core.errors import Conflict
 from opendeploy.core.model import AccessKey, User
+from opendeploy.store.database import after_commit, notify_on_commit
 from opendeploy.store.paging import page_after
 from opendeploy.store.tables import access_keys, audit_log, user_policies, users
 
 __all__ = [
+    "CHANNEL",
+    "IdentityChanges",
     "attach_policy",
     "audit_entries",
+    "changes",
     "create_access_key",
     "create_user",
     "delete_access_key",
@@ -28,6 +41,66 @@ __all__ = [
     "user_by_name",
     "users_page",
 ]
+
+#: The PostgreSQL NOTIFY channel of identity changes; the payload is the user name.
+CHANNEL = "opendeploy_identities"
+
+
+class IdentityChanges:
+    """Change counters, for caches of identities: one per user, and one for everything.
+
+    ``version(user)`` grows whenever that user (or everything) changes; a cache entry read
+    when it was ``v`` is still good while it is ``v``. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._everything = 0
+        self._users: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        """How many changes so far: take it before reading what a cache will keep."""
+        return self._count
+
+    def version(self, user_name: str) -> int:
+        return max(self._users.get(user_name, 0), self._everything)
+
+    def user_changed(self, user_name: str) -> None:
+        with self._lock:
+            self._count += 1
+            self._users[user_name] = self._count
+
+    def everything_changed(self) -> None:
+        """Changes may have been missed (another replica's, while not listening)."""
+        with self._lock:
+            self._count += 1
+            self._everything = self._count
+            self._users.clear()
+
+
+#: This process's identity changes.
+changes = IdentityChanges()
+
+
+def _announce(connection: Connection, user_name: str) -> None:
+    """Tell caches that ``user_name``'s keys or policies change with this transaction: now (a
+    cache must not keep what it reads meanwhile), once it commits, and to other replicas."""
+    changes.user_changed(user_name)
+    after_commit(connection, lambda: changes.user_changed(user_name))
+    notify_on_commit(connection, CHANNEL, user_name)
+
+
+# Built once: what a cache miss of the authenticator reads (building a statement costs more
+# than running it).
+_KEY_BY_ID = select(access_keys).where(access_keys.c.access_key_id == bindparam("key_id"))
+_USER_BY_NAME = select(users).where(users.c.name == bindparam("user_name"))
+_POLICIES_OF = (
+    select(user_policies.c.policy_arn)
+    .where(user_policies.c.user_name == bindparam("user_name"))
+    .order_by(user_policies.c.policy_arn)
+)
 
 
 def _user(row: Row[Any]) -> User:
@@ -62,7 +135,7 @@ def create_user(connection: Connection, user: User) -> None:
 
 
 def user_by_name(connection: Connection, name: str) -> User | None:
-    row = connection.execute(select(users).where(users.c.name == name)).first()
+    row = connection.execute(_USER_BY_NAME, {"user_name": name}).first()
     return None if row is None else _user(row)
 
 
@@ -75,6 +148,7 @@ def users_page(
 
 
 def delete_user(connection: Connection, name: str) -> None:
+    _announce(connection, name)
     connection.execute(delete(users).where(users.c.name == name))
 
 
@@ -101,13 +175,12 @@ def keys_of(connection: Connection, user_name: str) -> list[AccessKey]:
 
 def key_with_secret(connection: Connection, access_key_id: str) -> tuple[AccessKey, str] | None:
     """The key and its sealed secret, for signature checks."""
-    row = connection.execute(
-        select(access_keys).where(access_keys.c.access_key_id == access_key_id)
-    ).first()
+    row = connection.execute(_KEY_BY_ID, {"key_id": access_key_id}).first()
     return None if row is None else (_key(row), row.sealed_secret)
 
 
 def delete_access_key(connection: Connection, user_name: str, access_key_id: str) -> bool:
+    _announce(connection, user_name)
     result = connection.execute(
         delete(access_keys).where(
             access_keys.c.user_name == user_name, access_keys.c.access_key_id == access_key_id
@@ -118,10 +191,12 @@ def delete_access_key(connection: Connection, user_name: str, access_key_id: str
 
 def attach_policy(connection: Connection, user_name: str, policy_arn: str) -> None:
     if policy_arn not in policies_of(connection, user_name):
+        _announce(connection, user_name)
         connection.execute(insert(user_policies).values(user_name=user_name, policy_arn=policy_arn))
 
 
 def detach_policy(connection: Connection, user_name: str, policy_arn: str) -> bool:
+    _announce(connection, user_name)
     result = connection.execute(
         delete(user_policies).where(
             user_policies.c.user_name == user_name, user_policies.c.policy_arn == policy_arn
@@ -131,13 +206,7 @@ def detach_policy(connection: Connection, user_name: str, policy_arn: str) -> bo
 
 
 def policies_of(connection: Connection, user_name: str) -> list[str]:
-    return list(
-        connection.execute(
-            select(user_policies.c.policy_arn)
-            .where(user_policies.c.user_name == user_name)
-            .order_by(user_policies.c.policy_arn)
-        ).scalars()
-    )
+    return list(connection.execute(_POLICIES_OF, {"user_name": user_name}).scalars())
 
 
 def record_audit(

@@ -3,6 +3,11 @@
 A replica that creates commands wakes its own long polls directly and publishes the host
 names on the ``opendeploy_commands`` channel; every replica listens and wakes its held polls
 for those hosts. On SQLite (one server) there is nothing to publish.
+
+The same connection listens to ``store.identities.CHANNEL`` too: another replica deleted a key
+or changed a user's policies, so this process's caches of identities forget that user. While
+the connection is down notifications are lost, so caches forget everything whenever it
+(re)connects.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from opendeploy.store import identities
 from opendeploy.store.database import Database
 
 __all__ = ["CHANNEL", "CommandChannel"]
@@ -79,10 +85,16 @@ class CommandChannel:
             try:
                 with psycopg.connect(dsn, autocommit=True) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {identities.CHANNEL}")
+                    identities.changes.everything_changed()
                     while not self._stop.is_set():
                         for note in connection.notifies(timeout=1.0):
-                            self._deliver(note.payload)
+                            if note.channel == identities.CHANNEL:
+                                identities.changes.user_changed(note.payload)
+                            else:
+                                self._deliver(note.payload)
             except Exception:
+                identities.changes.everything_changed()
                 if self._stop.wait(1.0):
                     return
                 log.exception("the LISTEN connection failed; reconnecting")

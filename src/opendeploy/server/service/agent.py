@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
+
 from opendeploy.bundles.store import BundleNotFound, sha256_from_location
 from opendeploy.core.deployments import CommandStatus, Deployment, HostCommand
 from opendeploy.core.engine import CommandAcked, CommandCompleted
@@ -22,7 +24,8 @@ from opendeploy.server.service.context import Caller, ServiceContext
 from opendeploy.server.service.engine_runner import feed
 from opendeploy.server.signing import SpecSigner
 from opendeploy.store import deployments as store
-from opendeploy.store import instances as instance_store
+from opendeploy.store import polls
+from opendeploy.store.contacts import ContactBook
 
 __all__ = [
     "AgentService",
@@ -34,6 +37,8 @@ REDELIVER_AFTER_SECONDS = 60.0
 #: Signed specifications (and their deployments' hosts) kept in memory, and for how long.
 SPEC_CACHE_SIZE = 256
 SPEC_CACHE_SECONDS = 30.0
+#: Hosts kept in memory at most (the cache is emptied past this).
+HOST_CACHE_SIZE = 50_000
 
 
 def _client_error(message: str) -> ServiceError:
@@ -42,6 +47,8 @@ def _client_error(message: str) -> ServiceError:
 
 @dataclass(frozen=True)
 class Host:
+    """The instance an agent acts for (without its tags: no agent call needs them)."""
+
     instance: OnPremisesInstance
     identifier: str
 
@@ -73,10 +80,14 @@ class AgentService:
 
     Three things every request would otherwise pay for are kept briefly in memory: which
     instance an agent user stands for (``host_ttl``; a deregistration takes effect within
-    it), when a host was last heard of (written at most every ``contact_interval``; the
-    heartbeat timeout is many times longer), and each deployment's signed specification with
-    the names of its hosts (``spec_ttl``: every host of a deployment asks for the same one, and
-    building it reads all the deployment's targets and signs).
+    it), when each host was last heard from (a :class:`ContactBook` writes them all every
+    ``contact_interval``; the heartbeat timeout is many times longer), and each deployment's
+    signed specification with the names of its hosts (``spec_ttl``: every host of a
+    deployment asks for the same one, and building it reads all the deployment's targets and
+    signs).
+
+    An idle poll thus costs one read transaction: the caller's instance and whether a command
+    waits for it (:meth:`poll`).
     """
 
     def __init__(
@@ -93,33 +104,48 @@ class AgentService:
         #: Told each lifecycle event's outcome and duration (metrics).
         self.observe_event: Callable[[str, str, float], None] | None = None
         self.host_ttl = host_ttl
-        self.contact_interval = contact_interval
         self.spec_ttl = spec_ttl
+        self.contacts = ContactBook(ctx.db, interval=contact_interval)
         self._hosts: dict[str, tuple[float, Host]] = {}
         #: deployment id -> (expiry, its hosts' names, the signed specification response)
         self._specs: dict[str, tuple[float, frozenset[str], dict[str, Any]]] = {}
-        self._contacts: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Store the contacts still in memory (the server is stopping)."""
+        self.contacts.close()
 
     def host(self, caller: Caller, host_identifier: str | None = None) -> Host:
         """The instance registered to the caller; the identifier it polls with must be its own."""
+        cached = self._cached_host(caller, host_identifier)
+        if cached is not None:
+            return cached
+        with self.ctx.db.read() as connection:
+            return self._read_host(connection, caller)
+
+    def _cached_host(self, caller: Caller, host_identifier: str | None) -> Host | None:
         if host_identifier is not None and host_identifier != caller.arn:
             raise _client_error(
                 f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
             )
-        now = self.ctx.clock()
         cached = self._hosts.get(caller.arn)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > self.ctx.clock():
             return cached[1]
-        with self.ctx.db.read() as connection:
-            instance = instance_store.find_by_arn(connection, user_arn=caller.arn)
+        return None
+
+    def _read_host(self, connection: Connection, caller: Caller) -> Host:
+        return self._remember(caller, polls.instance_of_user(connection, caller.arn))
+
+    def _remember(self, caller: Caller, instance: OnPremisesInstance | None) -> Host:
         if instance is None:
             raise _client_error(
                 f"No registered on-premises instance has the IAM user ARN {caller.arn}."
             )
         host = Host(instance=instance, identifier=caller.arn)
         with self._lock:
-            self._hosts[caller.arn] = (now + self.host_ttl, host)
+            if len(self._hosts) >= HOST_CACHE_SIZE:
+                self._hosts.clear()
+            self._hosts[caller.arn] = (self.ctx.clock() + self.host_ttl, host)
         return host
 
     @property
@@ -133,28 +159,47 @@ class AgentService:
                     )
         return self._signer
 
-    def _contact_due(self, name: str, now: float) -> bool:
-        """Whether the host's last contact should be written now (and note that it is)."""
-        with self._lock:
-            if now - self._contacts.get(name, float("-inf")) < self.contact_interval:
-                return False
-            self._contacts[name] = now
-            return True
+    def poll(
+        self, caller: Caller, host_identifier: str | None = None
+    ) -> tuple[Host, dict[str, Any] | None]:
+        """A poll's first look: the caller's host and its next command (handed over), if any.
 
-    def claim(self, host: Host, *, contact: bool = True) -> dict[str, Any] | None:
-        """The next command for the host (marked handed over), or None; records contact
-        (at most every ``contact_interval``) when ``contact`` is true or a command is handed
-        over: a held poll's later looks that find nothing are no new contact, and cost one
-        read."""
+        The host and whether a command waits are one read transaction; only a command found
+        costs a write. The poll is contact.
+        """
         now = self.ctx.clock()
-        name = host.instance.name
-        contact_due = contact and self._contact_due(name, now)
-        if not contact_due:
-            with self.ctx.db.read() as connection:
-                if not store.has_waiting_command(
-                    connection, name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
-                ):
-                    return None
+        host = self._cached_host(caller, host_identifier)
+        with self.ctx.db.read() as connection:
+            if host is None:
+                instance, waiting = polls.look(
+                    connection, caller.arn, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
+                )
+                host = self._remember(caller, instance)
+            else:
+                waiting = self._waiting(connection, host, now)
+        self.contacts.note(host.instance.name, now)
+        return host, (self._hand_over(host, now) if waiting else None)
+
+    def claim(self, host: Host) -> dict[str, Any] | None:
+        """The next command for the host (marked handed over), or None: a held poll's later
+        look. Finding nothing costs one read and is no contact; a command handed over is."""
+        now = self.ctx.clock()
+        with self.ctx.db.read() as connection:
+            if not self._waiting(connection, host, now):
+                return None
+        command = self._hand_over(host, now)
+        if command is not None:
+            # The heartbeat timeout then counts from here, not from a poll begun long before.
+            self.contacts.note(host.instance.name, now)
+        return command
+
+    @staticmethod
+    def _waiting(connection: Connection, host: Host, now: float) -> bool:
+        return polls.has_waiting_command(
+            connection, host.instance.name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
+        )
+
+    def _hand_over(self, host: Host, now: float) -> dict[str, Any] | None:
         with self.ctx.db.write() as connection:
             command = store.next_command_for(
                 connection,
@@ -162,10 +207,6 @@ class AgentService:
                 now=now,
                 redeliver_after=REDELIVER_AFTER_SECONDS,
             )
-            # Handing a command over is contact too: the heartbeat timeout then counts from
-            # here, not from a poll that began long before.
-            if contact_due or (command is not None and self._contact_due(name, now)):
-                store.record_contact(connection, name, now)
         if command is None:
             return None
         return {
@@ -357,5 +398,4 @@ class AgentService:
         return {}
 
     def _touch(self, host: Host) -> None:
-        with self.ctx.db.write() as connection:
-            store.record_contact(connection, host.instance.name, self.ctx.clock())
+        self.contacts.note(host.instance.name, self.ctx.clock())

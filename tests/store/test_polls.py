@@ -1,0 +1,72 @@
+"""A poll's reads say "work waits" exactly when ``next_command_for`` would hand some over."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_snapshots import T0, _feed, _new_deployment
+
+from opendeploy.core.engine import Started
+from opendeploy.core.model import OnPremisesInstance
+from opendeploy.store import deployments, instances, polls
+from opendeploy.store.database import Database
+from opendeploy.store.snapshots import SnapshotCache
+
+REDELIVER = 60.0
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool]:
+    with db.read() as connection:
+        instance, waiting = polls.look(connection, user_arn, now=now, redeliver_after=REDELIVER)
+        name = None if instance is None else instance.name
+        if name is not None:
+            assert (
+                polls.has_waiting_command(connection, name, now=now, redeliver_after=REDELIVER)
+                is waiting
+            )
+        return name, waiting
+
+
+def test_waiting_follows_hand_over_and_redelivery(db: Database) -> None:
+    deployment_id = _new_deployment(db, 1, "CodeDeployDefault.AllAtOnce")
+    _feed(db, SnapshotCache(), deployment_id, Started(), T0 + 1)
+    name = f"host-{deployment_id}-0"
+    arn = f"arn:aws:iam::1:user/agent-{deployment_id}"
+    with db.write() as connection:
+        instances.register(
+            connection,
+            OnPremisesInstance(
+                name=name, instance_arn=f"arn:i/{name}", register_time=T0, iam_user_arn=arn
+            ),
+        )
+
+    assert _look(db, arn, T0 + 2) == (name, True)
+    with db.write() as connection:
+        assert deployments.next_command_for(connection, name, now=T0 + 2, redeliver_after=REDELIVER)
+    # Handed over: nothing waits, and next_command_for agrees.
+    assert _look(db, arn, T0 + 3) == (name, False)
+    with db.write() as connection:
+        assert not deployments.next_command_for(
+            connection, name, now=T0 + 3, redeliver_after=REDELIVER
+        )
+    # Never acknowledged: handed over again once REDELIVER has passed.
+    assert _look(db, arn, T0 + 2 + REDELIVER + 1) == (name, True)
+    with db.write() as connection:
+        assert deployments.next_command_for(
+            connection, name, now=T0 + 2 + REDELIVER + 1, redeliver_after=REDELIVER
+        )
+
+
+def test_an_unregistered_user_has_no_instance(db: Database) -> None:
+    assert _look(db, "arn:aws:iam::1:user/nobody", T0) == (None, False)
+    with db.read() as connection:
+        assert polls.instance_of_user(connection, "arn:aws:iam::1:user/nobody") is None
