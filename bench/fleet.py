@@ -363,7 +363,8 @@ def servers(
     """``replicas`` server processes on one database (they share the secret-sealing key)."""
     from opendeploy.server.secrets import SecretBox
 
-    args = ["--long-poll-seconds", str(long_poll)]
+    # AWS's default ceiling is 1000 targets per deployment; the fleet runs go past it.
+    args = ["--long-poll-seconds", str(long_poll), "--max-instances-per-deployment", "100000"]
     if database_url:
         args += ["--database-url", database_url]
     env = {"OPENDEPLOY_SECRET_KEY": SecretBox.generate_key()}

@@ -54,6 +54,7 @@ class ServerSettings:
     max_request_bytes: int = 1024 * 1024
     strict_shapes: bool = False
     heartbeat_timeout: float = 60.0
+    max_instances_per_deployment: int = 1000
     long_poll_seconds: float = 45.0
     reconcile_interval: float = 5.0
     bundle_store: str = ""
@@ -95,6 +96,9 @@ class ServerSettings:
             "region": env.get("OPENDEPLOY_REGION", "us-east-1"),
             "secret_key": env.get("OPENDEPLOY_SECRET_KEY", ""),
             "heartbeat_timeout": float(env.get("OPENDEPLOY_HEARTBEAT_TIMEOUT", "60")),
+            "max_instances_per_deployment": int(
+                env.get("OPENDEPLOY_MAX_INSTANCES_PER_DEPLOYMENT", "1000")
+            ),
             "long_poll_seconds": float(env.get("OPENDEPLOY_LONG_POLL_SECONDS", "45")),
             "bundle_store": env.get("OPENDEPLOY_BUNDLE_STORE", ""),
             "s3_endpoint_url": env.get("OPENDEPLOY_S3_ENDPOINT_URL", ""),

@@ -485,3 +485,20 @@ def test_the_printed_endpoint_is_a_usable_url(host: str, endpoint: str) -> None:
     settings = ServerSettings.from_env({}, data_dir=Path("d"), host=host)
     assert settings.endpoint == endpoint
     assert httpx.URL(settings.endpoint + "/healthz").port == 8080
+
+
+def test_the_per_deployment_ceiling_reaches_the_engine(tmp_path: Path) -> None:
+    from opendeploy.server.bootstrap import bootstrap
+    from opendeploy.server.service.engine_runner import started
+
+    env = {"OPENDEPLOY_MAX_INSTANCES_PER_DEPLOYMENT": "2500"}
+    assert ServerSettings.from_env(env, data_dir=tmp_path).max_instances_per_deployment == 2500
+    settings = ServerSettings.from_env(
+        env, data_dir=tmp_path / "data", max_instances_per_deployment=3000
+    )
+    context = bootstrap(settings).context
+    try:
+        assert started(context).max_instances == 3000
+    finally:
+        context.db.dispose()
+    assert ServerSettings.from_env({}, data_dir=tmp_path).max_instances_per_deployment == 1000

@@ -1079,3 +1079,15 @@ def test_the_failure_message_names_ten_failed_hosts_and_counts_the_rest() -> Non
     assert "h00 (ApplicationStop, stop.sh): exit 1" in message
     assert "h09 (ApplicationStop" in message and "h10 (" not in message
     assert message.endswith("; and 15 more failed instances")
+
+
+def test_the_per_deployment_ceiling_comes_with_the_start_event() -> None:
+    hosts = [f"h{index}" for index in range(5)]
+    capped = Sim(new_snapshot(hosts, ALL_AT_ONCE))
+    capped.feed(Started(max_instances=4))
+    assert capped.deployment.status is DeploymentStatus.FAILED
+    assert capped.deployment.error_code == "OVER_MAX_INSTANCES"
+    roomy = Sim(new_snapshot(hosts, ALL_AT_ONCE))
+    roomy.feed(Started(max_instances=5))
+    assert roomy.deployment.status is DeploymentStatus.IN_PROGRESS
+    assert sorted(roomy.snapshot.commands) == hosts

@@ -50,6 +50,13 @@ _DATABASE_URL = click.option(
     help="Seconds an agent with work may stay silent before its event fails [default 60].",
 )
 @click.option(
+    "--max-instances-per-deployment",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Targets one deployment may have; more fail it with OVER_MAX_INSTANCES "
+    "[default 1000, AWS's quota].",
+)
+@click.option(
     "--long-poll-seconds",
     type=float,
     default=None,
@@ -138,6 +145,7 @@ def server(
     port: int | None,
     region: str | None,
     heartbeat_timeout: float | None,
+    max_instances_per_deployment: int | None,
     long_poll_seconds: float | None,
     bundle_store: str | None,
     s3_endpoint_url: str | None,
@@ -165,6 +173,7 @@ def server(
         port=port,
         region=region,
         heartbeat_timeout=heartbeat_timeout,
+        max_instances_per_deployment=max_instances_per_deployment,
         long_poll_seconds=long_poll_seconds,
         prometheus_url=prometheus_url,
         alarm_poll_seconds=alarm_poll_seconds,

@@ -28,6 +28,7 @@ from opendeploy.core.deployments import (
 from opendeploy.core.lifecycle import STOP_EVENTS, lifecycle_error_code
 from opendeploy.core.revisions import revision_identity
 from opendeploy.core.rollout import (
+    MAX_INSTANCES_PER_DEPLOYMENT,
     MinimumHealthyHosts,
     RolloutState,
     Standing,
@@ -94,7 +95,10 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Started:
-    """The deployment was created with its targets: begin the rollout."""
+    """The deployment was created with its targets: begin the rollout. More targets than
+    ``max_instances`` (AWS's quota is 1000, adjustable) fail it with OVER_MAX_INSTANCES."""
+
+    max_instances: int | None = MAX_INSTANCES_PER_DEPLOYMENT
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,7 @@ def decide(snapshot: Snapshot, event: Event, now: float) -> Decision:
         return Decision()
     work = _Work(snapshot, now)
     if isinstance(event, Started):
-        _start(work)
+        _start(work, event)
     elif isinstance(event, CommandAcked):
         _acked(work, event)
     elif isinstance(event, CommandCompleted):
@@ -299,13 +303,13 @@ def _minimum(deployment: Deployment) -> MinimumHealthyHosts:
     return MinimumHealthyHosts.from_api(deployment.minimum_healthy_hosts)
 
 
-def _start(work: _Work) -> None:
+def _start(work: _Work, event: Started) -> None:
     deployment = work.deployment
     if deployment.status is not DeploymentStatus.CREATED:
         return
     # Hosts planned Skipped (updateOutdatedInstancesOnly) are not part of N (§6.2, §8.3).
     planned = sum(1 for t in work.targets.values() if t.status is not TargetStatus.SKIPPED)
-    failure = check_start(_minimum(deployment), planned)
+    failure = check_start(_minimum(deployment), planned, max_instances=event.max_instances)
     if failure is not None:
         _skip_all_pending(work)
         work.set_status(

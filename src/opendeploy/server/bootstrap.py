@@ -83,6 +83,7 @@ def bootstrap(settings: ServerSettings) -> Bootstrap:
         account_id=account,
         region=settings.region,
         clock=time.time,
+        max_instances_per_deployment=settings.max_instances_per_deployment,
         bundles=open_store(
             settings.bundle_store,
             data_dir=settings.data_dir,

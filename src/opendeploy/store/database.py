@@ -2,23 +2,19 @@
 
 This is the only module that names SQLite or PostgreSQL. SQLite runs in WAL mode with a busy
 timeout and takes its write lock at BEGIN (``BEGIN IMMEDIATE``); transactions must therefore
-be opened with :meth:`Database.read` and :meth:`Database.write`. Writers of one process queue
-on an in-process lock before they BEGIN: SQLite's own busy handler retries by sleeping, which
-under a heavy write load lets a writer lose again and again until its busy timeout runs out;
-a queue in the process is first come, first served. PostgreSQL uses ordinary transactions.
+be opened with :meth:`Database.read` and :meth:`Database.write`. PostgreSQL uses ordinary
+transactions.
 
-A write that cannot get the database in time (the queue, SQLite's busy timeout, or the
-PostgreSQL connection pool) raises :class:`DatabaseBusy`, a retryable ``ThrottlingException``
+A transaction that cannot get the database in time (SQLite's busy timeout, or a free
+connection of the pool) raises :class:`DatabaseBusy`, a retryable ``ThrottlingException``
 (HTTP 503) rather than an internal failure: the SDKs and our agent retry it.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +37,7 @@ __all__ = [
 ]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-#: Seconds a writer waits for the database (in-process queue, then SQLite's busy timeout).
+#: Seconds a writer waits for SQLite's write lock.
 WRITE_WAIT_SECONDS = 30.0
 _AFTER_COMMIT = "opendeploy_after_commit"
 #: SQLite's words for a lock it could not get in time.
@@ -62,53 +58,6 @@ class DatabaseBusy(ServiceError):
         )
 
 
-class _FairLock:
-    """A re-entrant lock that threads get in the order they asked for it.
-
-    ``threading.Lock`` has no order: under a steady stream of writers one of them can lose
-    again and again until its wait runs out. Here the releasing thread hands the lock to the
-    oldest waiter.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._owner: int | None = None
-        self._depth = 0
-        self._queue: collections.deque[tuple[threading.Lock, int]] = collections.deque()
-
-    def acquire(self, timeout: float) -> bool:
-        me = threading.get_ident()
-        with self._guard:
-            if self._owner == me:
-                self._depth += 1
-                return True
-            if self._owner is None:
-                self._owner, self._depth = me, 1
-                return True
-            turn = threading.Lock()
-            turn.acquire()
-            self._queue.append((turn, me))
-        if turn.acquire(timeout=timeout):
-            return True
-        with self._guard:
-            if (turn, me) in self._queue:
-                self._queue.remove((turn, me))
-                return False
-        return True  # handed over just as the wait ran out
-
-    def release(self) -> None:
-        with self._guard:
-            self._depth -= 1
-            if self._depth:
-                return
-            if self._queue:
-                turn, waiter = self._queue.popleft()
-                self._owner, self._depth = waiter, 1
-                turn.release()
-            else:
-                self._owner = None
-
-
 class Database:
     def __init__(
         self, url: str, *, echo: bool = False, write_wait: float = WRITE_WAIT_SECONDS
@@ -119,6 +68,10 @@ class Database:
         options: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
             options["connect_args"] = {"check_same_thread": False, "timeout": write_wait}
+            # Every thread that may touch the database at once (the request thread pool's
+            # 40, the polls' looks, background work) gets a connection without waiting.
+            options["pool_size"] = 20
+            options["max_overflow"] = 60
             if ":memory:" in url or url.rstrip("/") == "sqlite:":
                 raise ValueError("OpenDeploy needs a file-backed SQLite database, not :memory:")
         else:
@@ -126,8 +79,6 @@ class Database:
             options["pool_size"] = 10
             options["max_overflow"] = 20
         self.engine: Engine = create_engine(url, **options)
-        #: SQLite's one writer at a time, taken in this process before BEGIN IMMEDIATE.
-        self._writer = _FairLock() if self.is_sqlite else None
         if self.is_sqlite:
             _configure_sqlite(self.engine, write_wait)
 
@@ -140,17 +91,16 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; callbacks given to :func:`after_commit` run once it commits."""
-        with _busy_as_throttling(), self._writer_turn():
-            callbacks: list[Callable[[], None]] = []
-            with self.engine.connect() as connection:
+        callbacks: list[Callable[[], None]] = []
+        with _busy_as_throttling(), self.engine.connect() as connection:
+            connection.info.pop(_AFTER_COMMIT, None)
+            try:
+                with connection.begin():
+                    self._begin(connection, immediate=True)
+                    yield connection
+                callbacks = connection.info.pop(_AFTER_COMMIT, [])
+            finally:
                 connection.info.pop(_AFTER_COMMIT, None)
-                try:
-                    with connection.begin():
-                        self._begin(connection, immediate=True)
-                        yield connection
-                    callbacks = connection.info.pop(_AFTER_COMMIT, [])
-                finally:
-                    connection.info.pop(_AFTER_COMMIT, None)
         for callback in callbacks:
             try:
                 callback()
@@ -167,18 +117,6 @@ class Database:
             driver = connection.connection.driver_connection
             assert driver is not None
             driver.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    @contextlib.contextmanager
-    def _writer_turn(self) -> Iterator[None]:
-        if self._writer is None:
-            yield
-            return
-        if not self._writer.acquire(timeout=self.write_wait):
-            raise DatabaseBusy(f"no turn to write within {self.write_wait:.0f} s")
-        try:
-            yield
-        finally:
-            self._writer.release()
 
     def upgrade(self) -> None:
         """Run the Alembic migrations up to head, in one transaction."""

@@ -110,6 +110,7 @@ class AgentService:
         #: deployment id -> (expiry, its hosts' names, the signed specification response)
         self._specs: dict[str, tuple[float, frozenset[str], dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self._signer_lock = threading.Lock()
 
     def close(self) -> None:
         """Store the contacts still in memory (the server is stopping)."""
@@ -121,7 +122,8 @@ class AgentService:
         if cached is not None:
             return cached
         with self.ctx.db.read() as connection:
-            return self._read_host(connection, caller)
+            instance = polls.instance_of_user(connection, caller.arn)
+        return self._remember(caller, instance)
 
     def _cached_host(self, caller: Caller, host_identifier: str | None) -> Host | None:
         if host_identifier is not None and host_identifier != caller.arn:
@@ -132,9 +134,6 @@ class AgentService:
         if cached is not None and cached[0] > self.ctx.clock():
             return cached[1]
         return None
-
-    def _read_host(self, connection: Connection, caller: Caller) -> Host:
-        return self._remember(caller, polls.instance_of_user(connection, caller.arn))
 
     def _remember(self, caller: Caller, instance: OnPremisesInstance | None) -> Host:
         if instance is None:
@@ -152,7 +151,9 @@ class AgentService:
     def signer(self) -> SpecSigner:
         """The installation's spec signer, loaded (or created) on first use."""
         if self._signer is None:
-            with self._lock, self.ctx.db.write() as connection:
+            # Its own lock: a thread waiting for its turn to write must not hold the lock of
+            # the caches, which threads in the middle of a read transaction take.
+            with self._signer_lock, self.ctx.db.write() as connection:
                 if self._signer is None:
                     self._signer = SpecSigner.load_or_create(
                         connection, self.ctx.secrets, now=dt.datetime.now(dt.UTC)
@@ -174,9 +175,10 @@ class AgentService:
                 instance, waiting = polls.look(
                     connection, caller.arn, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
                 )
-                host = self._remember(caller, instance)
             else:
                 waiting = self._waiting(connection, host, now)
+        if host is None:
+            host = self._remember(caller, instance)
         self.contacts.note(host.instance.name, now)
         return host, (self._hand_over(host, now) if waiting else None)
 

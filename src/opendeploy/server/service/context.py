@@ -48,6 +48,8 @@ class ServiceContext:
     bundles: BundleStore | None = None
     #: Deployment snapshots this process fed events to (shared by every request's copy).
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
+    #: Targets one deployment may have (AWS: 1000, an adjustable quota).
+    max_instances_per_deployment: int = 1000
     #: Engine events waiting to be applied, by deployment (``engine_runner.feed``).
     feeds: Batches[Any, Any] = field(default_factory=Batches)
 

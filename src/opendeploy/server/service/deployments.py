@@ -11,14 +11,14 @@ from sqlalchemy import Connection
 
 from opendeploy.bundles.store import sha256_from_location
 from opendeploy.core.deployments import Deployment, DeploymentStatus, InstanceTarget, TargetStatus
-from opendeploy.core.engine import Started, StopRequested, command_id
+from opendeploy.core.engine import StopRequested, command_id
 from opendeploy.core.errors import Conflict, ServiceError
 from opendeploy.core.model import Application, DeploymentGroup
 from opendeploy.core.names import check_description
 from opendeploy.server.service.applications import require_application
 from opendeploy.server.service.configs import find_config
 from opendeploy.server.service.context import ServiceContext, decode_token, encode_token
-from opendeploy.server.service.engine_runner import feed, feed_in, wake
+from opendeploy.server.service.engine_runner import feed, feed_in, started, wake
 from opendeploy.server.service.groups import require_group
 from opendeploy.server.service.launch import launch, new_deployment_id
 from opendeploy.server.service.revisions import register_revision
@@ -188,7 +188,7 @@ def create_deployment(ctx: ServiceContext, params: dict[str, Any]) -> dict[str, 
         except Conflict as error:
             blocker = store.active_for_group(connection, group.group_id)
             raise _limit_exceeded(group.name, blocker.deployment_id if blocker else "?") from error
-        decisions = feed_in(ctx, connection, deployment_id, Started())
+        decisions = feed_in(ctx, connection, deployment_id, started(ctx))
     wake(ctx, *decisions)
     return {"deploymentId": deployment_id}
 

@@ -24,7 +24,7 @@ from opendeploy.store import deployments as store
 from opendeploy.store import snapshots
 from opendeploy.store.snapshots import Loaded
 
-__all__ = ["Feed", "feed", "feed_in", "wake"]
+__all__ = ["Feed", "feed", "feed_in", "started", "wake"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,12 @@ def _feed_in(
         if decision.rollback:
             rollback_id = start_rollback(ctx, connection, deployment_id)
             if rollback_id is not None:
-                _feed_in(ctx, connection, rollback_id, Started(), decisions, chain)
+                _feed_in(ctx, connection, rollback_id, started(ctx), decisions, chain)
+
+
+def started(ctx: ServiceContext) -> Started:
+    """The event that begins a deployment, with this installation's limits."""
+    return Started(max_instances=ctx.max_instances_per_deployment)
 
 
 def wake(ctx: ServiceContext, *decisions: Decision) -> None:
