@@ -184,3 +184,22 @@ def iam(server: RunningServer) -> Any:
 def unique() -> Callable[[str], str]:
     """Names no other test uses: unique("app") -> "app-1f3a9c0e"."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def fresh_postgres(postgres_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own (no other test's rows in it), dropped after."""
+    name = "od_fresh_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            sa.engine.make_url(postgres_url)
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

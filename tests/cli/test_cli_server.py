@@ -422,25 +422,6 @@ def test_db_upgrade_on_sqlite(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
 
 
-@pytest.fixture
-def fresh_postgres(postgres_url: str) -> Iterator[str]:
-    """An empty PostgreSQL database of its own, dropped afterwards."""
-    name = "od_cli_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield (
-            sa.engine.make_url(postgres_url)
-            .set(database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def test_db_upgrade_on_postgres(fresh_postgres: str, tmp_path: Path) -> None:
     assert _tables(fresh_postgres) == set()
     command = [

@@ -31,7 +31,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 import yaml
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -401,25 +400,6 @@ def test_the_lifespan_end_releases_the_lease_under_a_plain_uvicorn(
 
 
 # -- stopping a replica --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_postgres(postgres_url: str) -> Iterator[str]:
-    """An empty PostgreSQL database of its own (no other server's lease in it)."""
-    name = "od_shutdown_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield (
-            sa.engine.make_url(postgres_url)
-            .set(database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass(frozen=True)

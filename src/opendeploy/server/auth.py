@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from opendeploy.core.errors import AuthError
 from opendeploy.core.policies import is_allowed, roles_of
@@ -42,6 +43,18 @@ class _Known:
     expires: float
     #: ``identities.changes.version`` of the user when read.
     version: int
+
+
+class _Signed(NamedTuple):
+    """What a SigV4 check reads of one request."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes | None
+    services: Collection[str]
+    now: dt.datetime
 
 
 class _NotCached(Exception):
@@ -78,26 +91,8 @@ class Authenticator:
         now: dt.datetime,
     ) -> tuple[Caller, str]:
         """The verified caller and the SigV4 service it signed for (may read the database)."""
-        found: dict[str, Caller] = {}
-
-        def secret_for(access_key_id: str) -> str | None:
-            known = self._cached(access_key_id) or self._load(access_key_id)
-            if known is None:
-                return None
-            found[access_key_id] = known.caller
-            return known.secret
-
-        signed = verify_request(
-            method=method,
-            path=path,
-            query=query,
-            headers=headers,
-            body=body,
-            secret_for=secret_for,
-            now=now,
-            services=services,
-        )
-        return found[signed.access_key_id], signed.service
+        request = _Signed(method, path, query, headers, body, services, now)
+        return self._verify(request, lambda key: self._cached(key) or self._load(key))
 
     def authenticate_cached(
         self,
@@ -112,28 +107,41 @@ class Authenticator:
     ) -> tuple[Caller, str] | None:
         """As :meth:`authenticate`, without any I/O: None when the key is not in memory (then
         call :meth:`authenticate`). Cheap enough for an event loop."""
-        found: dict[str, Caller] = {}
 
-        def secret_for(access_key_id: str) -> str | None:
+        def cached_only(access_key_id: str) -> _Known:
             known = self._cached(access_key_id)
             if known is None:
                 raise _NotCached
-            found[access_key_id] = known.caller
-            return known.secret
+            return known
 
         try:
-            signed = verify_request(
-                method=method,
-                path=path,
-                query=query,
-                headers=headers,
-                body=body,
-                secret_for=secret_for,
-                now=now,
-                services=services,
+            return self._verify(
+                _Signed(method, path, query, headers, body, services, now), cached_only
             )
         except _NotCached:
             return None
+
+    @staticmethod
+    def _verify(request: _Signed, lookup: Callable[[str], _Known | None]) -> tuple[Caller, str]:
+        found: dict[str, Caller] = {}
+
+        def secret_for(access_key_id: str) -> str | None:
+            known = lookup(access_key_id)
+            if known is None:
+                return None
+            found[access_key_id] = known.caller
+            return known.secret
+
+        signed = verify_request(
+            method=request.method,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
+            body=request.body,
+            secret_for=secret_for,
+            now=request.now,
+            services=request.services,
+        )
         return found[signed.access_key_id], signed.service
 
     def _cached(self, access_key_id: str) -> _Known | None:
