@@ -7,6 +7,7 @@ turn; before each event the snapshot each would decide on is compared with a cac
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -41,7 +42,9 @@ from opendeploy.store.database import Database
 from opendeploy.store.snapshots import Loaded, SnapshotCache, apply, load
 
 REVISION = {"revisionType": "String", "string": {"content": "version: 0.0\nos: linux\n"}}
-T0 = 1_700_000_000.0
+# Now, not a fixed past: servers of other tests share the PostgreSQL database, and their
+# reconcilers would fail commands created long ago as heartbeat-lost.
+T0 = time.time()
 
 
 @pytest.fixture
