@@ -5,14 +5,15 @@ One real ``opendeploy server`` and 50 real ``opendeploy agent`` processes on thi
 CreateDeployment -> Succeeded (one deployment group per N, each warmed up by one untimed deployment,
 so every timed one also runs the previous revision's ApplicationStop), then runs
 ``../shared/bench/anchors/ansible/run.sh`` for the same N (up to --ansible-max) in the same
-run. Prints one line per measurement:
+run. Each OpenDeploy cell is timed --repeat times (this machine is noisy): the samples and
+their median are printed, and the ratio uses the median. Prints one line per measurement:
 
-    opendeploy hosts=N config=AllAtOnce wall_s=... per_host_ms=...
+    opendeploy hosts=N config=AllAtOnce wall_s=<median> per_host_ms=<median> samples_s=a,b,c
     ansible hosts=N batch=100% wall_s=... per_host_ms=...
     ratio hosts=N config=AllAtOnce ansible_per_opendeploy=...x
 
 Usage: python bench/deploy.py [--hosts 1,10,50] [--configs AllAtOnce,OneAtATime]
-       [--ansible-max 10] [--database-url postgresql+psycopg://...]
+       [--ansible-max 10] [--repeat 3] [--database-url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--configs", default="AllAtOnce,OneAtATime")
     parser.add_argument("--ansible-max", type=int, default=10)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each cell")
     args = parser.parse_args()
     sizes = sorted({int(n) for n in args.hosts.split(",")})
     configs = args.configs.split(",")
@@ -147,10 +150,14 @@ def main() -> None:
             )
             _deploy(codedeploy, group, "AllAtOnce", revision)
             for config in configs:
-                wall = _deploy(codedeploy, group, config, revision)
+                samples = [
+                    _deploy(codedeploy, group, config, revision) for _ in range(max(args.repeat, 1))
+                ]
+                wall = statistics.median(samples)
                 print(
                     f"opendeploy hosts={n} config={config} wall_s={wall:.3f} "
-                    f"per_host_ms={wall / n * 1000:.1f}",
+                    f"per_host_ms={wall / n * 1000:.1f} "
+                    f"samples_s={','.join(f'{sample:.3f}' for sample in samples)}",
                     flush=True,
                 )
                 if n > args.ansible_max:

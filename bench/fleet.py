@@ -4,30 +4,37 @@ For every N it starts a real ``opendeploy server`` process on a fresh database (
 temporary data dir, or a throwaway database on the PostgreSQL server --database-url names),
 registers N hosts through the API (IAM user, agent policy, access key,
 RegisterOnPremisesInstance; a thread pool of boto3 clients), then runs N simulated agents in
-this process: asyncio + httpx, every request SigV4-signed with botocore's SigV4Auth, each agent
-PollHostCommand -> GetDeploymentSpecification (once per deployment) ->
-PutHostCommandAcknowledgement -> PutHostCommandComplete, hooks instant. The agents start spread
-over one long-poll period, so their polls are out of phase as in a real fleet. Measured:
+this process: asyncio + httpx, every request SigV4-signed with botocore's SigV4Auth, hooks
+instant. Each agent speaks as OpenDeploy's agent does: PollHostCommand ->
+GetDeploymentSpecification (once per deployment) -> PutHostCommandAcknowledgement, then for
+every event PutHostCommandCompleteAndTakeNext, whose answer carries the host's next command
+of the deployment already acknowledged (one request per lifecycle event); with
+``--stock-protocol`` as the stock CodeDeploy agent does: poll, acknowledgement and
+PutHostCommandComplete for every event. The agents start spread over one long-poll period, so
+their polls are out of phase as in a real fleet. Measured:
 
 - idle: over --idle-seconds with N agents long-polling: requests/s the agents sent, server CPU
   (% of one core), PostgreSQL's CPU (the backends connected to the bench's database), server
   RSS;
 - deploy: CreateDeployment -> Succeeded with AllAtOnce to all N; server CPU-seconds over that
   time, PostgreSQL's, server peak RSS (VmHWM); dispatch latency p50/p99 as the agents see it:
-  from the moment the command became ready (CreateDeployment returned, for a deployment's
-  first command; the agent's previous PutHostCommandComplete returned, for the next ones) to
-  the poll response carrying it; the simulator's own CPU-seconds;
+  for a deployment's first command, from CreateDeployment's answer to the poll answer
+  carrying it (``first_dispatch_*``); for the next ones, from the moment the agent's previous
+  event ended (its completion is sent) to the answer carrying the next command (the
+  completion's own answer, or with the stock protocol the completion and the next poll:
+  ``dispatch_*``); the simulator's own CPU-seconds;
 - agent footprint (--agent-footprint): one real ``opendeploy agent run`` process (LocalFleet)
   idle for --idle-seconds: its RSS and CPU%.
 
 The simulator shares the machine's cores with the server (and PostgreSQL): its CPU is printed
 beside the server's. Prints one line per measurement:
 
-    fleet backend=sqlite replicas=1 hosts=N phase=register wall_s=... hosts_per_s=...
-    fleet backend=sqlite replicas=1 hosts=N phase=idle window_s=30 requests_per_s=...
-        server_cpu_pct=... db_cpu_pct=... sim_cpu_pct=... server_rss_mb=...
-    fleet backend=sqlite replicas=1 hosts=N phase=deploy config=AllAtOnce status=Succeeded
-        wall_s=... hosts_succeeded=N completions_answered=.../7N commands_per_s=...
+    fleet backend=sqlite replicas=1 protocol=opendeploy hosts=N phase=register wall_s=...
+        hosts_per_s=...
+    fleet backend=sqlite replicas=1 protocol=opendeploy hosts=N phase=idle window_s=30
+        requests_per_s=... server_cpu_pct=... db_cpu_pct=... sim_cpu_pct=... server_rss_mb=...
+    fleet backend=sqlite replicas=1 protocol=opendeploy hosts=N phase=deploy config=AllAtOnce
+        status=Succeeded wall_s=... hosts_succeeded=N completions_answered=.../7N commands_per_s=...
         server_cpu_s=... server_peak_rss_mb=...
         dispatch_p50_ms=... dispatch_p99_ms=... first_dispatch_p50_ms=... ...
     agent footprint idle_s=30 rss_mb=... cpu_pct=...
@@ -39,7 +46,7 @@ PostgreSQL database and splits the agents between them (their CPU and RSS are ad
 
 Usage: python bench/fleet.py [--hosts 500,1000,2000] [--database-url postgresql+psycopg://...]
        [--replicas 1] [--idle-seconds 30] [--long-poll-seconds 45] [--deploy-timeout 1800]
-       [--verbose] [--agent-footprint] [--no-fleet]
+       [--verbose] [--stock-protocol] [--agent-footprint] [--no-fleet]
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from opendeploy.localfleet import REGION, LocalFleet, LocalServer, start_server
 AGENT_POLICY = "arn:aws:iam::aws:policy/OpenDeployAgentAccess"
 SERVICE_ROLE = "arn:aws:iam::000000000000:role/bench"
 TARGET_PREFIX = "CodeDeployCommandService_v20141006."
+EXTENSIONS_PREFIX = "OpenDeployAgent_20261126."
 JSON_TYPE = "application/x-amz-json-1.1"
 SUCCESS = json.dumps({"error_code": 0, "script_name": "", "message": "Succeeded", "log": ""})
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -223,8 +231,13 @@ class Stats:
 
 
 class SimAgent:
-    def __init__(self, host: Host, endpoint: str, http: httpx.AsyncClient, stats: Stats) -> None:
+    def __init__(
+        self, host: Host, endpoint: str, http: httpx.AsyncClient, stats: Stats, *, stock: bool
+    ) -> None:
         self.host = host
+        #: Speak only the stock agent's operations (else take each next command with the
+        #: completion, as OpenDeploy's agent does).
+        self.stock = stock
         self.url = endpoint + "/"
         self.http = http
         self.stats = stats
@@ -232,13 +245,18 @@ class SimAgent:
         self.specs: set[str] = set()
 
     async def call(
-        self, operation: str, params: dict[str, Any], *, attempts: int = 1
+        self,
+        operation: str,
+        params: dict[str, Any],
+        *,
+        attempts: int = 1,
+        prefix: str = TARGET_PREFIX,
     ) -> dict[str, Any]:
         """One signed request; retried (1 s apart) on errors when ``attempts`` > 1, as the
         agent retries its acknowledgements and completions."""
         for attempt in range(1, attempts + 1):
             try:
-                return await self._call(operation, params)
+                return await self._call(operation, params, prefix)
             except (httpx.HTTPError, RuntimeError) as error:
                 if attempt == attempts:
                     raise
@@ -246,13 +264,13 @@ class SimAgent:
                 await asyncio.sleep(1.0)
         raise AssertionError("unreachable")
 
-    async def _call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, operation: str, params: dict[str, Any], prefix: str) -> dict[str, Any]:
         body = json.dumps(params).encode()
         request = AWSRequest(
             method="POST",
             url=self.url,
             data=body,
-            headers={"Content-Type": JSON_TYPE, "X-Amz-Target": TARGET_PREFIX + operation},
+            headers={"Content-Type": JSON_TYPE, "X-Amz-Target": prefix + operation},
         )
         self.auth.add_auth(request)
         self.stats.requests += 1
@@ -271,22 +289,30 @@ class SimAgent:
     async def run(self, delay: float, last_event: str) -> None:
         await asyncio.sleep(delay)
         stats = self.stats
-        ready_at: float | None = None  # when the next command became ready, if known
+        reported_at: float | None = None  # when the agent reported its previous event, if any
         previous_execution = ""
         first_poll = True
+        #: A command handed with the previous completion (acknowledged already), if any.
+        taken: dict[str, Any] | None = None
         while True:
             try:
-                if first_poll:
-                    first_poll = False
-                    stats.first_polls += 1
-                response = await self.call("PollHostCommand", {"HostIdentifier": self.host.arn})
-                command = response.get("HostCommand")
-                if not command:
-                    continue
+                command = taken
+                taken = None
+                if command is None:
+                    if first_poll:
+                        first_poll = False
+                        stats.first_polls += 1
+                    response = await self.call("PollHostCommand", {"HostIdentifier": self.host.arn})
+                    command = response.get("HostCommand")
+                    if not command:
+                        continue
+                    acknowledged = False
+                else:
+                    acknowledged = True
                 received = time.monotonic()
                 execution = command["DeploymentExecutionId"]
-                if execution == previous_execution and ready_at is not None:
-                    latency = received - ready_at
+                if execution == previous_execution and reported_at is not None:
+                    latency = received - reported_at
                     stats.later.append(latency)
                     stats.by_event.setdefault(command["CommandName"], []).append(latency)
                 else:
@@ -299,32 +325,44 @@ class SimAgent:
                         {"DeploymentExecutionId": execution, "HostIdentifier": self.host.arn},
                     )
                     self.specs.add(execution)
-                await self.call(
-                    "PutHostCommandAcknowledgement",
-                    {
-                        "HostCommandIdentifier": command_id,
-                        "Diagnostics": {"Format": "JSON", "Payload": '{"IsCommandNoop":false}'},
-                    },
-                    attempts=5,
-                )
-                await self.call(
-                    "PutHostCommandComplete",
-                    {
-                        "HostCommandIdentifier": command_id,
-                        "CommandStatus": "Succeeded",
-                        "Diagnostics": {"Format": "JSON", "Payload": SUCCESS},
-                    },
-                    attempts=60,
-                )
-                ready_at = time.monotonic()
+                if not acknowledged:
+                    await self.call(
+                        "PutHostCommandAcknowledgement",
+                        {
+                            "HostCommandIdentifier": command_id,
+                            "Diagnostics": {
+                                "Format": "JSON",
+                                "Payload": '{"IsCommandNoop":false}',
+                            },
+                        },
+                        attempts=5,
+                    )
+                # The hook ran (instantly): from here the host waits for its next command.
+                reported_at = time.monotonic()
+                completion = {
+                    "HostCommandIdentifier": command_id,
+                    "CommandStatus": "Succeeded",
+                    "Diagnostics": {"Format": "JSON", "Payload": SUCCESS},
+                }
+                if self.stock:
+                    await self.call("PutHostCommandComplete", completion, attempts=60)
+                else:
+                    answer = await self.call(
+                        "PutHostCommandCompleteAndTakeNext",
+                        {**completion, "HostIdentifier": self.host.arn},
+                        attempts=60,
+                        prefix=EXTENSIONS_PREFIX,
+                    )
+                    taken = answer.get("HostCommand") or None
                 stats.completes += 1
                 if command["CommandName"] == last_event:
                     stats.completed += 1
-                    ready_at = None
+                    reported_at = None
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 stats.error(error)
+                taken = None
                 await asyncio.sleep(1.0)
 
 
@@ -423,9 +461,11 @@ async def run_fleet(
     emit: Callable[[str], None],
     verbose: bool = False,
     deploy_timeout: float = 1800.0,
+    stock: bool = False,
 ) -> None:
     backend = "postgresql" if database_url else "sqlite"
-    prefix = f"fleet backend={backend} replicas={replicas} hosts={hosts}"
+    protocol = "stock" if stock else "opendeploy"
+    prefix = f"fleet backend={backend} replicas={replicas} protocol={protocol} hosts={hosts}"
     with (
         tempfile.TemporaryDirectory(prefix="od-bench-fleet-") as temp,
         fresh_database(database_url) as url,
@@ -466,6 +506,7 @@ async def run_fleet(
                         httpx.AsyncClient(limits=limits, timeout=timeout)
                     ),
                     stats,
+                    stock=stock,
                 )
                 for index, host in enumerate(fleet)
             ]
@@ -626,6 +667,11 @@ def main() -> None:
     parser.add_argument("--no-fleet", action="store_true", help="only the agent footprint")
     parser.add_argument("--verbose", action="store_true", help="dispatch latency by event")
     parser.add_argument(
+        "--stock-protocol",
+        action="store_true",
+        help="simulate the stock agent (poll, ack, complete per event) instead of ours",
+    )
+    parser.add_argument(
         "--deploy-timeout",
         type=float,
         default=1800.0,
@@ -659,6 +705,7 @@ def main() -> None:
                     emit,
                     args.verbose,
                     args.deploy_timeout,
+                    args.stock_protocol,
                 )
             )
     if args.agent_footprint:

@@ -120,6 +120,10 @@ class FakeClient:
         self.spec_answer: Any = None
         self.ack_answer: Any = "InProgress"
         self.complete_answers: list[CompleteResult] = []
+        #: Commands handed with completions that ask for the next one, in order.
+        self.next_commands: list[dict[str, Any] | None] = []
+        #: For each completion sent, whether it asked for the next command.
+        self.took_next: list[bool] = []
         self.updates = 0
 
     def poll(self) -> dict[str, Any] | None:
@@ -133,6 +137,8 @@ class FakeClient:
 
     def get_deployment_specification(self, execution_id: str) -> dict[str, Any]:
         self.calls.append(("spec", execution_id))
+        if callable(self.spec_answer):
+            return self.spec_answer(execution_id)  # type: ignore[no-any-return]
         if isinstance(self.spec_answer, BaseException):
             raise self.spec_answer
         if self.spec_answer is not None:
@@ -154,7 +160,16 @@ class FakeClient:
         self, command_id: str, status: str, diagnostics: Any, *, retry_seconds: float | None = None
     ) -> CompleteResult:
         self.calls.append(("complete", command_id, status, dict(diagnostics)))
+        self.took_next.append(False)
         return self.complete_answers.pop(0) if self.complete_answers else CompleteResult.STORED
+
+    def complete_and_take_next(
+        self, command_id: str, status: str, diagnostics: Any
+    ) -> tuple[CompleteResult, dict[str, Any] | None]:
+        result = self.complete(command_id, status, diagnostics)
+        self.took_next[-1] = True
+        following = self.next_commands.pop(0) if self.next_commands else None
+        return result, following if result is CompleteResult.STORED else None
 
     def update(self, command_id: str) -> str | None:
         self.updates += 1
@@ -246,6 +261,63 @@ def test_one_command_goes_spec_ack_execute_complete(
     assert executor.executed == ["AfterInstall"]
     assert executor.journal_seen == [True]  # written before execution...
     assert Journal(config.root_dir).entries() == []  # ...and removed after Complete
+
+
+def test_a_command_handed_with_the_completion_runs_without_poll_spec_or_ack(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    client.polls = [host_command("BeforeInstall")]
+    client.next_commands = [host_command("AfterInstall", "hc-2"), None]
+    agent = make_agent(config, client, executor)
+    assert agent.step() is Step.COMMAND
+    assert client.names() == ["poll", "spec", "ack", "complete", "complete"]
+    assert [c[0] for c in client.completes()] == ["hc-1", "hc-2"]
+    assert client.took_next == [True, True]
+    assert executor.executed == ["BeforeInstall", "AfterInstall"]
+    assert executor.journal_seen == [True, True], "journaled before it runs, as any command"
+    assert Journal(config.root_dir).entries() == []
+
+
+def test_a_handed_command_of_another_deployment_fetches_its_spec_and_a_failure_is_reported(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    client.polls = [host_command("BeforeInstall")]
+    client.next_commands = [host_command("AfterInstall", "hc-2", deployment_id="d-OTHER0001")]
+
+    def spec_answer(execution_id: str) -> dict[str, Any]:
+        if execution_id.endswith("d-OTHER0001"):
+            raise _error(retryable=True)
+        return {
+            "DeploymentSystem": "CodeDeploy",
+            "DeploymentSpecification": {
+                "GenericEnvelope": {"Format": "PKCS7/JSON", "Payload": sign(spec_document())}
+            },
+        }
+
+    client.spec_answer = spec_answer
+    make_agent(config, client, executor).step()
+    assert client.names() == ["poll", "spec", "ack", "complete", "spec", "complete"]
+    assert client.completes()[1][:2] == ("hc-2", "Failed"), (
+        "the server will not hand an acknowledged command out again: say it failed"
+    )
+    assert executor.executed == ["BeforeInstall"]
+
+
+def test_a_stopping_agent_takes_no_next_command(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    executor.block = threading.Event()
+    client.polls = [host_command("BeforeInstall")]
+    client.next_commands = [host_command("AfterInstall", "hc-2")]
+    agent = make_agent(config, client, executor)
+    runner = threading.Thread(target=agent.run_forever)
+    runner.start()
+    _wait(lambda: executor.executed)
+    agent.request_stop()
+    executor.block.set()
+    runner.join(5)
+    assert client.took_next == [False]
+    assert executor.executed == ["BeforeInstall"]
 
 
 @pytest.mark.parametrize("status", [None, "Pending", "InProgress"])
@@ -616,6 +688,13 @@ class StubServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return True
+                if isinstance(action, dict):
+                    self._answer(200, json.dumps(action).encode())
+                    return True
+                if isinstance(action, tuple):
+                    status, error_type = action
+                    self._answer(status, json.dumps({"__type": error_type}).encode())
+                    return True
                 if isinstance(action, int):
                     self._answer(
                         action,
@@ -757,6 +836,50 @@ def test_log_upload_uses_the_extension_target(real_client: CommandClient, stub: 
         "Offset": 12,
         "Log": "more output\n",
     }
+
+
+def test_a_completion_taking_the_next_command_uses_the_extension_and_is_retried(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    following = host_command("AfterInstall", "hc-2")
+    stub.script = [500, "drop", {"HostCommand": following}]
+    result = real_client.complete_and_take_next("hc-1", "Succeeded", SUCCESS_DIAGNOSTICS)
+    assert result == (CompleteResult.STORED, following)
+    assert len(stub.requests) == 3
+    for request in stub.requests:
+        assert request["headers"]["X-Amz-Target"] == (
+            "OpenDeployAgent_20261126.PutHostCommandCompleteAndTakeNext"
+        )
+        assert request["body"]["HostIdentifier"] == HOST
+        assert request["body"]["HostCommandIdentifier"] == "hc-1"
+    assert real_client.complete_and_take_next("hc-2", "Succeeded", SUCCESS_DIAGNOSTICS) == (
+        CompleteResult.STORED,
+        None,
+    ), "nothing more for the host: an empty answer"
+
+
+def test_a_server_without_the_extension_gets_plain_completions_from_then_on(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    stub.script = [(400, "UnknownOperationException")]
+    result = real_client.complete_and_take_next("hc-1", "Succeeded", SUCCESS_DIAGNOSTICS)
+    assert result == (CompleteResult.STORED, None)
+    real_client.complete_and_take_next("hc-2", "Succeeded", SUCCESS_DIAGNOSTICS)
+    assert [t.rpartition(".")[2] for t in stub.targets()] == [
+        "PutHostCommandCompleteAndTakeNext",
+        "PutHostCommandComplete",
+        "PutHostCommandComplete",
+    ]
+    assert [r["body"]["HostCommandIdentifier"] for r in stub.requests] == ["hc-1", "hc-1", "hc-2"]
+
+
+def test_a_refused_completion_taking_the_next_command_is_not_retried(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    stub.script = [(400, "ClientException")]
+    result = real_client.complete_and_take_next("hc-1", "Failed", {"error_code": 4})
+    assert result == (CompleteResult.REJECTED, None)
+    assert len(stub.requests) == 1 and real_client.takes_next
 
 
 def test_bundle_download_is_signed_retried_and_resumed(

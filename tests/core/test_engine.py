@@ -579,6 +579,41 @@ def test_events_run_in_lifecycle_order_one_at_a_time() -> None:
     assert event.start_time == event.end_time == sim.now, "unacked: started when completed"
 
 
+def test_a_completion_taking_the_next_command_issues_it_acknowledged() -> None:
+    sim = started_sim(["i-1", "i-2"], ALL_AT_ONCE)
+    sim.ack("i-1", EVENTS[0])
+    sim.now += 1
+    first = sim.command_id("i-1", EVENTS[0])
+    decision = sim.feed(CommandCompleted(first, succeeded=True, take_next=True))
+    (taken,) = [c for c in decision.commands if c.command_id != first]
+    assert (taken.instance_name, taken.event) == ("i-1", EVENTS[1])
+    assert taken.status is CommandStatus.IN_PROGRESS
+    assert taken.dispatched_time == taken.acked_time == taken.created_time == sim.now
+    assert not decision.new_commands, "the agent has it: no poll is woken for it"
+    event = sim.target("i-1").event(EVENTS[1])
+    assert event.status is EventStatus.IN_PROGRESS and event.start_time == sim.now
+    assert sim.event_statuses("i-2")[EVENTS[0]] == "Pending", "other hosts are untouched"
+
+
+def test_taking_the_next_command_runs_a_host_to_the_end_and_never_past_a_failure() -> None:
+    sim = started_sim(["i-1", "i-2"], ALL_AT_ONCE)
+    while "i-1" in sim.snapshot.commands:
+        command = sim.snapshot.commands["i-1"]
+        sim.feed(CommandCompleted(command.command_id, succeeded=True, take_next=True))
+    assert sim.target("i-1").status is TargetStatus.SUCCEEDED
+    failing = sim.snapshot.commands["i-2"]
+    decision = sim.feed(CommandCompleted(failing.command_id, succeeded=False, take_next=True))
+    assert "i-2" not in sim.snapshot.commands and not decision.new_commands
+    assert sim.target("i-2").status is TargetStatus.FAILED
+
+
+def test_a_completion_names_its_host_to_find_the_command_without_a_scan() -> None:
+    sim = started_sim(["i-1", "i-2"], ALL_AT_ONCE)
+    command_id = sim.command_id("i-1", EVENTS[0])
+    assert sim.feed(CommandAcked(command_id, instance_name="i-2")).empty, "not i-2's command"
+    assert not sim.feed(CommandAcked(command_id, instance_name="i-1")).empty
+
+
 @pytest.mark.parametrize(
     "status", [DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.STOPPED]
 )
@@ -1064,7 +1099,19 @@ def test_events_that_move_no_target_do_not_replan_the_rollout(
     assert calls == []
     sim.ack("a", EVENTS[-1])
     sim.ok("a", EVENTS[-1])
-    assert calls == ["plan"]
+    assert calls == [], "a host finished, but with none left to start and others running"
+    sim.run("b")
+    assert calls == []
+    sim.run("c")
+    assert calls == ["plan"], "the last host finished: the plan says how the rollout ended"
+    assert sim.deployment.status is DeploymentStatus.SUCCEEDED
+
+
+def test_a_host_finishing_while_others_wait_to_start_plans_the_next_ones() -> None:
+    sim = started_sim(["a", "b", "c"], ONE_AT_A_TIME)
+    assert sim.open() == [f"a/{EVENTS[0]}"]
+    sim.run("a")
+    assert sim.open() == [f"b/{EVENTS[0]}"]
 
 
 def test_the_failure_message_names_ten_failed_hosts_and_counts_the_rest() -> None:

@@ -339,6 +339,47 @@ def test_completion_is_idempotent(fleet: Fleet, site: Site) -> None:
     assert agent.events(deployment_id) == list(EVENTS[1:])
 
 
+def test_a_completion_taking_the_next_command_hands_it_acknowledged(
+    fleet: Fleet, site: Site
+) -> None:
+    group = fleet.group()
+    [host] = fleet.hosts(group, 1)
+    deployment_id = group.deploy(agentsim.s3_revision())
+    client = agentsim.agent_client(site.server, host)
+    extensions = agentsim.extensions_client(site.server, host)
+    command = _take(client, host)
+    _ack(client, command)
+
+    def complete_taking_next(command: dict[str, Any]) -> dict[str, Any] | None:
+        answer = extensions.put_host_command_complete_and_take_next(
+            HostCommandIdentifier=command["HostCommandIdentifier"],
+            CommandStatus="Succeeded",
+            Diagnostics={"Format": "JSON", "Payload": agentsim.SUCCESS_PAYLOAD},
+            HostIdentifier=host.arn,
+        )
+        taken: dict[str, Any] | None = answer.get("HostCommand")
+        return taken
+
+    ran = [command["CommandName"]]
+    following = complete_taking_next(command)
+    assert following is not None
+    assert following["HostIdentifier"] == host.arn
+    assert following["DeploymentExecutionId"] == command["DeploymentExecutionId"]
+    event = _target(site, deployment_id, host)["lifecycleEvents"][1]
+    assert (event["lifecycleEventName"], event["status"]) == (EVENTS[1], "InProgress")
+    assert _ack(client, following) == "InProgress", "it is acknowledged already"
+    assert client.poll_host_command(HostIdentifier=host.arn).get("HostCommand") is None, (
+        "an acknowledged command is not handed over again by a poll"
+    )
+    assert complete_taking_next(command) == following, "a resent completion gets the same one"
+    while following is not None:
+        ran.append(following["CommandName"])
+        following = complete_taking_next(following)
+    assert ran == list(EVENTS)
+    info = agentsim.wait_for_deployment(site.codedeploy, deployment_id)
+    assert info["status"] == "Succeeded"
+
+
 def test_stock_error_codes_become_lifecycle_error_codes(fleet: Fleet, site: Site) -> None:
     """One host per agent error code, each failing ApplicationStop (codedeploy-spec §9): 7 is a
     command that failed because the agent restarted while running it."""

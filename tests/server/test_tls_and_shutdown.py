@@ -48,7 +48,7 @@ from opendeploy.cli.server import GRACEFUL_SHUTDOWN_SECONDS
 from opendeploy.localfleet import REGION, LocalFleet, LocalServer, start_server
 from opendeploy.server.reconciler import LEASE
 from opendeploy.server.secrets import SecretBox
-from opendeploy.store import leases
+from opendeploy.store import contacts, leases
 from opendeploy.store.database import Database
 
 AGENT_POLICY = "arn:aws:iam::aws:policy/OpenDeployAgentAccess"
@@ -397,6 +397,24 @@ def test_the_lifespan_end_releases_the_lease_under_a_plain_uvicorn(
             assert leases.current(db, LEASE, now=time.time()) is None
         finally:
             db.dispose()
+
+
+def test_the_contacts_noted_last_are_stored_when_the_server_stops(tmp_path: Path) -> None:
+    """Contacts are written every few seconds; a clean stop writes those still in memory."""
+    import agentsim
+
+    with agentsim.open_site("sqlite", tmp_path / "site", long_poll_seconds=0.5) as site:
+        host = _register_host(site.server)
+        before = time.time()
+        assert _poll(site.server.endpoint, host, timeout=10).status_code == 200
+        site.server.stop()
+        db = Database(site.database_url)
+        try:
+            with db.read() as connection:
+                seen = contacts.last_contacts(connection, [host.name]).get(host.name)
+        finally:
+            db.dispose()
+        assert seen is not None and seen >= before - 1
 
 
 # -- stopping a replica --------------------------------------------------------------------------

@@ -90,6 +90,10 @@ class Aborted(OpenDeployError):
     """Retrying stopped because the agent is shutting down."""
 
 
+class _UnknownOperation(Exception):
+    """The server does not serve an extension operation (an older OpenDeploy)."""
+
+
 class CompleteResult(enum.Enum):
     STORED = "stored"
     """The server has the completion."""
@@ -211,6 +215,9 @@ class CommandClient:
         self.signer = Signer(
             config.access_key_id, config.secret_access_key, config.region, SIGNING_NAME
         )
+        #: Whether completions ask for the host's next command (until the server says it
+        #: does not know the operation).
+        self.takes_next = True
 
     def __repr__(self) -> str:
         return f"CommandClient(endpoint={self.config.endpoint!r}, host={self.host_identifier!r})"
@@ -311,29 +318,69 @@ class CommandClient:
         retry_seconds: float | None = None,
     ) -> CompleteResult:
         """PutHostCommandComplete, retried until stored, refused (4xx) or out of time."""
+        result, _ = self._complete(
+            "PutHostCommandComplete", command_id, status, diagnostics, retry_seconds=retry_seconds
+        )
+        return result
+
+    def complete_and_take_next(
+        self, command_id: str, status: str, diagnostics: Mapping[str, Any]
+    ) -> tuple[CompleteResult, dict[str, Any] | None]:
+        """PutHostCommandCompleteAndTakeNext (retried as Complete is): the completion, and the
+        host's next command of the deployment, already acknowledged, if the server has one.
+
+        A server without the operation (an older OpenDeploy) gets plain completions from then
+        on, and the agent polls for every command as the stock agent does.
+        """
+        if self.takes_next:
+            try:
+                return self._complete(
+                    "PutHostCommandCompleteAndTakeNext", command_id, status, diagnostics
+                )
+            except _UnknownOperation:
+                log.info("the server cannot hand the next command with a completion; polling")
+                self.takes_next = False
+        return self.complete(command_id, status, diagnostics), None
+
+    def _complete(
+        self,
+        operation: str,
+        command_id: str,
+        status: str,
+        diagnostics: Mapping[str, Any],
+        *,
+        retry_seconds: float | None = None,
+    ) -> tuple[CompleteResult, dict[str, Any] | None]:
         params = {
             "HostCommandIdentifier": command_id,
             "CommandStatus": status,
             "Diagnostics": {"Format": "JSON", "Payload": fit_diagnostics(diagnostics)},
         }
+        target = COMMANDS_TARGET
+        if operation != "PutHostCommandComplete":
+            params["HostIdentifier"] = self.host_identifier
+            target = EXTENSIONS_TARGET
         window = self.complete_retry_seconds if retry_seconds is None else retry_seconds
         try:
-            self._call(
-                "PutHostCommandComplete",
-                lambda: self._invoke("PutHostCommandComplete", params),
+            response = self._call(
+                operation,
+                lambda: self._invoke(operation, params, target=target),
                 deadline=time.monotonic() + window,
                 backoff=self.complete_backoff,
             )
         except Aborted as exc:
             log.warning("%s", exc)
-            return CompleteResult.ABANDONED
+            return CompleteResult.ABANDONED, None
         except CommandServiceError as error:
             if error.retryable:
                 log.error("%s; gave up after %.0f s, will resend at the next start", error, window)
-                return CompleteResult.ABANDONED
+                return CompleteResult.ABANDONED, None
+            if error.code == "UnknownOperationException" and target == EXTENSIONS_TARGET:
+                raise _UnknownOperation(operation) from None
             log.error("%s; the server refused the completion", error)
-            return CompleteResult.REJECTED
-        return CompleteResult.STORED
+            return CompleteResult.REJECTED, None
+        command = response.get("HostCommand")
+        return CompleteResult.STORED, command if isinstance(command, dict) and command else None
 
     def update(self, command_id: str) -> str | None:
         """PostHostCommandUpdate (heartbeat); the CommandStatus the server answers."""

@@ -108,6 +108,10 @@ class AgentClient(ExecutorClient, Protocol):
         retry_seconds: float | None = None,
     ) -> CompleteResult: ...
 
+    def complete_and_take_next(
+        self, command_id: str, status: str, diagnostics: Mapping[str, Any]
+    ) -> tuple[CompleteResult, dict[str, Any] | None]: ...
+
     def update(self, command_id: str) -> str | None: ...
 
 
@@ -290,10 +294,15 @@ class Agent:
                 # A server that answers at once (no long poll) must not make us spin.
                 self._sleep(self.min_poll_interval - elapsed)
             return Step.IDLE
-        try:
-            self.handle(command)
-        except Exception:
-            log.exception("handling command %s failed", command.get("HostCommandIdentifier"))
+        following: Mapping[str, Any] | None = command
+        acknowledged = False
+        while following is not None:
+            try:
+                following = self.handle(following, acknowledged=acknowledged)
+            except Exception:
+                log.exception("handling command %s failed", following.get("HostCommandIdentifier"))
+                following = None
+            acknowledged = True
         return Step.COMMAND
 
     def recover(self) -> bool:
@@ -312,7 +321,14 @@ class Agent:
 
     # -- one command -------------------------------------------------------------------------
 
-    def handle(self, command: Mapping[str, Any]) -> None:
+    def handle(
+        self, command: Mapping[str, Any], *, acknowledged: bool = False
+    ) -> Mapping[str, Any] | None:
+        """Run one command; the host's next one if the server handed it with the completion.
+
+        ``acknowledged``: the command came that way (already acknowledged, so no ack is sent
+        and a failure to start it is reported, since the server will not hand it out again).
+        """
         command_id = command.get("HostCommandIdentifier")
         name = command.get("CommandName")
         execution_id = command.get("DeploymentExecutionId")
@@ -323,23 +339,23 @@ class Agent:
                 host,
                 self.client.host_identifier,
             )
-            return
+            return None
         if not isinstance(command_id, str) or not command_id:
             log.error("ignoring a command without HostCommandIdentifier: %r", dict(command))
-            return
+            return None
         if not isinstance(name, str) or not name or not isinstance(execution_id, str):
             log.error("command %s has no CommandName or DeploymentExecutionId", command_id)
             self._complete(command_id, failure("the command has no name or execution id"))
-            return
+            return None
         with _deployment(execution_id.rpartition("deployment/")[2] or None):
-            spec = self._specification(command_id, name, execution_id)
+            spec = self._specification(command_id, name, execution_id, acknowledged=acknowledged)
             if spec is None:
-                return
+                return None
             with _deployment(spec.deployment_id):
-                self._acknowledge_and_run(command_id, name, spec)
+                return self._acknowledge_and_run(command_id, name, spec, acknowledged=acknowledged)
 
     def _specification(
-        self, command_id: str, name: str, execution_id: str
+        self, command_id: str, name: str, execution_id: str, *, acknowledged: bool = False
     ) -> DeploymentSpec | None:
         log.info("%s: received (%s)", name, command_id)
         cached = self._specs.get(execution_id)
@@ -350,7 +366,7 @@ class Agent:
         except Aborted:
             return None
         except CommandServiceError as exc:
-            if exc.retryable:
+            if exc.retryable and not acknowledged:
                 log.error(
                     "%s: cannot get the specification (%s); the server will resend it", name, exc
                 )
@@ -381,46 +397,58 @@ class Agent:
         self._specs[execution_id] = spec
         return spec
 
-    def _acknowledge_and_run(self, command_id: str, name: str, spec: DeploymentSpec) -> None:
-        try:
-            noop = self.executor.is_noop(name, spec)
-        except Exception as exc:
-            log.error("%s: %s", name, exc)
-            self._complete(command_id, failure(str(exc)))
-            return
-        try:
-            status = self.client.acknowledge(command_id, is_noop=noop)
-        except Aborted:
-            return
-        except CommandServiceError as exc:
-            if exc.retryable:
-                log.error("%s: cannot acknowledge (%s); the server will resend it", name, exc)
-                return
-            self._complete(command_id, failure(exc.server_message))
-            return
-        if status == "Succeeded":
-            log.info("%s: the server says it already succeeded; nothing to do", name)
-            return
-        if status == "Failed":
-            if noop:
-                self._complete(command_id, Outcome(True, NOOP_DIAGNOSTICS))
-            else:
-                log.warning("%s: the server says it failed already; not running it", name)
-            return
+    def _acknowledge_and_run(
+        self, command_id: str, name: str, spec: DeploymentSpec, *, acknowledged: bool = False
+    ) -> Mapping[str, Any] | None:
+        """Acknowledge (unless ``acknowledged``), run and report the command; the host's next
+        command if the server handed it with the completion."""
+        if not acknowledged and not self._acknowledge(command_id, name, spec):
+            return None
         self._wait_for_hook_notes()
         try:
             entry = self.journal.begin(spec.deployment_id, command_id, name)
         except OSError as exc:
             log.error("%s: cannot write the journal: %s", name, exc)
             self._complete(command_id, failure(f"The agent cannot write its journal: {exc}"))
-            return
+            return None
         outcome = self._execute(command_id, name, spec, entry)
         if outcome is None:
             log.warning("%s: killed; the next start reports it as failed", name)
-            return
-        self._report(command_id, entry, outcome)
+            return None
+        return self._report(command_id, entry, outcome)
 
-    def _report(self, command_id: str, entry: JournalEntry, outcome: Outcome) -> None:
+    def _acknowledge(self, command_id: str, name: str, spec: DeploymentSpec) -> bool:
+        """PutHostCommandAcknowledgement; True when the command is to run."""
+        try:
+            noop = self.executor.is_noop(name, spec)
+        except Exception as exc:
+            log.error("%s: %s", name, exc)
+            self._complete(command_id, failure(str(exc)))
+            return False
+        try:
+            status = self.client.acknowledge(command_id, is_noop=noop)
+        except Aborted:
+            return False
+        except CommandServiceError as exc:
+            if exc.retryable:
+                log.error("%s: cannot acknowledge (%s); the server will resend it", name, exc)
+                return False
+            self._complete(command_id, failure(exc.server_message))
+            return False
+        if status == "Succeeded":
+            log.info("%s: the server says it already succeeded; nothing to do", name)
+            return False
+        if status == "Failed":
+            if noop:
+                self._complete(command_id, Outcome(True, NOOP_DIAGNOSTICS))
+            else:
+                log.warning("%s: the server says it failed already; not running it", name)
+            return False
+        return True
+
+    def _report(
+        self, command_id: str, entry: JournalEntry, outcome: Outcome
+    ) -> Mapping[str, Any] | None:
         """Journal the outcome while Complete is sent; forget the command once it is stored.
 
         The journal write (an fsync) overlaps the request instead of delaying it. An agent
@@ -429,10 +457,15 @@ class Agent:
         through first, the server keeps it (the first completion wins).
         """
         journaled = _Background(lambda: self._journal_outcome(entry, outcome))
-        stored = self._complete(command_id, outcome)
+        if self._stopping:
+            # Stopping: take no more work (a command handed with the answer would have to run).
+            stored, following = self._complete(command_id, outcome), None
+        else:
+            stored, following = self._complete_taking_next(command_id, outcome)
         finished = journaled.result()
         if stored:
             self.journal.clear(finished or entry)
+        return following
 
     def _journal_outcome(self, entry: JournalEntry, outcome: Outcome) -> JournalEntry | None:
         """Record the outcome, after the hook notes still being written; None if it failed."""
@@ -508,7 +541,19 @@ class Agent:
     def _complete(self, command_id: str, outcome: Outcome) -> bool:
         """Send Complete; True when the server has it (or refused it for good)."""
         result = self.client.complete(command_id, outcome.status, outcome.diagnostics)
+        return self._reported(result, outcome)
+
+    def _complete_taking_next(
+        self, command_id: str, outcome: Outcome
+    ) -> tuple[bool, Mapping[str, Any] | None]:
+        """Complete, asking for the host's next command; as ``_complete``, and that command."""
+        result, following = self.client.complete_and_take_next(
+            command_id, outcome.status, outcome.diagnostics
+        )
+        return self._reported(result, outcome), following
+
+    @staticmethod
+    def _reported(result: CompleteResult, outcome: Outcome) -> bool:
         if result is CompleteResult.STORED:
-            code = outcome.diagnostics.get("error_code")
-            log.info("reported %s (code %s)", outcome.status, code)
+            log.info("reported %s (code %s)", outcome.status, outcome.diagnostics.get("error_code"))
         return result is not CompleteResult.ABANDONED

@@ -104,16 +104,28 @@ class Started:
 @dataclass(frozen=True)
 class CommandAcked:
     command_id: str
+    #: The command's host, when the caller knows it: finds the command without a scan.
+    instance_name: str = ""
 
 
 @dataclass(frozen=True)
 class CommandCompleted:
+    """An agent reported a command's outcome.
+
+    ``take_next``: the agent takes the host's next command of this deployment in the answer
+    (OpenDeploy's agent does): that command is issued handed over and acknowledged, so the
+    host's next lifecycle event costs no poll, no hand-over and no acknowledgement.
+    """
+
     command_id: str
     succeeded: bool
     agent_code: int = 0
     script_name: str = ""
     message: str = ""
     log_tail: str = ""
+    take_next: bool = False
+    #: The command's host, when the caller knows it: finds the command without a scan.
+    instance_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,7 +233,11 @@ class _Work:
         else:
             self.commands[command.instance_name] = command
 
-    def command_by_id(self, command_id: str) -> HostCommand | None:
+    def command_by_id(self, command_id: str, instance_name: str = "") -> HostCommand | None:
+        """The open command ``command_id``; ``instance_name``, when given, is its host."""
+        if instance_name:
+            command = self.commands.get(instance_name)
+            return command if command is not None and command.command_id == command_id else None
         return next((c for c in self.commands.values() if c.command_id == command_id), None)
 
     def set_status(self, status: DeploymentStatus, **changes: Any) -> None:
@@ -324,7 +340,7 @@ def _start(work: _Work, event: Started) -> None:
 
 
 def _acked(work: _Work, event: CommandAcked) -> None:
-    command = work.command_by_id(event.command_id)
+    command = work.command_by_id(event.command_id, event.instance_name)
     if command is None or command.status is CommandStatus.IN_PROGRESS:
         return
     work.set_command(
@@ -359,7 +375,7 @@ def _diagnostics(event: CommandCompleted) -> dict[str, str]:
 
 
 def _completed(work: _Work, event: CommandCompleted) -> None:
-    command = work.command_by_id(event.command_id)
+    command = work.command_by_id(event.command_id, event.instance_name)
     if command is None:
         return
     final = CommandStatus.SUCCEEDED if event.succeeded else CommandStatus.FAILED
@@ -396,18 +412,22 @@ def _completed(work: _Work, event: CommandCompleted) -> None:
     )
     if succeeded and not stopped_part_way:
         # After a stop this only finishes a host whose last event just succeeded.
-        _continue_instance(work, target)
+        _continue_instance(work, target, taken=event.take_next)
     else:
         _finish_instance(work, target, succeeded=False)
 
 
-def _continue_instance(work: _Work, target: InstanceTarget) -> None:
+def _continue_instance(work: _Work, target: InstanceTarget, *, taken: bool) -> None:
+    """Issue the host's next event, or finish it; ``taken``: the agent receives the next
+    command in the answer to its completion (handed over and acknowledged now)."""
     following = next((e for e in target.events if e.status is EventStatus.PENDING), None)
     if following is None:
         _finish_instance(work, target, succeeded=True)
         return
     work.set_target(target)
-    _issue_command(work, target, following.name)
+    issued = _issue_command(work, target, following.name, handed_over=taken)
+    if taken:
+        _acked(work, CommandAcked(issued.command_id, issued.instance_name))
 
 
 def _finish_instance(work: _Work, target: InstanceTarget, *, succeeded: bool) -> None:
@@ -433,18 +453,21 @@ def command_id(deployment_id: str, position: int, event_index: int) -> str:
     return f"hc-{deployment_id}-{position}-{event_index}"
 
 
-def _issue_command(work: _Work, target: InstanceTarget, event_name: str) -> None:
+def _issue_command(
+    work: _Work, target: InstanceTarget, event_name: str, *, handed_over: bool = False
+) -> HostCommand:
     index = [e.name for e in target.events].index(event_name)
-    work.set_command(
-        HostCommand(
-            command_id=command_id(target.deployment_id, target.position, index),
-            deployment_id=target.deployment_id,
-            instance_name=target.instance_name,
-            event=event_name,
-            status=CommandStatus.PENDING,
-            created_time=work.now,
-        )
+    command = HostCommand(
+        command_id=command_id(target.deployment_id, target.position, index),
+        deployment_id=target.deployment_id,
+        instance_name=target.instance_name,
+        event=event_name,
+        status=CommandStatus.PENDING,
+        created_time=work.now,
+        dispatched_time=work.now if handed_over else None,
     )
+    work.set_command(command)
+    return command
 
 
 def _host_lost(work: _Work, event: HostLost) -> None:
@@ -542,6 +565,11 @@ def _schedule(work: _Work) -> None:
         return
     if work.deployment.status is not DeploymentStatus.IN_PROGRESS:
         return
+    if _all_started_some_running(work):
+        # What the planner would say, without building the plan (O(fleet) per finished host):
+        # nobody is left to start and, with hosts in flight, the rollout is neither over nor
+        # stuck (``next_dispatch`` is empty, ``outcome`` None).
+        return
     state = _rollout(work)
     starting = next_dispatch(state)
     for name in starting:
@@ -566,6 +594,18 @@ def _schedule(work: _Work) -> None:
         error_code="AGENT_ISSUE" if _only_lost_hosts_failed(work) else "HEALTH_CONSTRAINTS",
         error_message=_failure_message(work),
     )
+
+
+def _all_started_some_running(work: _Work) -> bool:
+    """No target waits to start and at least one is in progress."""
+    running = False
+    for target in work.targets.values():
+        status = target.status
+        if status is TargetStatus.PENDING:
+            return False
+        if status is TargetStatus.IN_PROGRESS:
+            running = True
+    return running
 
 
 def _failed_event(target: InstanceTarget) -> LifecycleEvent | None:

@@ -289,6 +289,10 @@ class AgentApi:
             return service.complete(
                 host, command_id, params.get("CommandStatus"), params.get("Diagnostics")
             )
+        if operation == "PutHostCommandCompleteAndTakeNext":
+            return service.complete_and_take_next(
+                host, command_id, params.get("CommandStatus"), params.get("Diagnostics")
+            )
         if operation == "PostHostCommandUpdate":
             return service.update(host, command_id)
         if operation == "PutHostCommandLog":

@@ -168,6 +168,7 @@ def create_app(
         waiting_polls=lambda: hub.waiting,
         heartbeat_timeout=heartbeat_timeout,
         clock=context.clock,
+        store_contacts=agent_service.contacts.flush,
     )
     agent_service.observe_event = metrics.observe_event
     api = PublicApi(
@@ -222,6 +223,8 @@ def create_app(
             yield
         finally:
             await shutdown.begin()
+            # Every connection has closed by now: the contacts noted last are stored.
+            await asyncio.to_thread(agent_service.close)
             channel.stop()
             context.db.dispose()
 

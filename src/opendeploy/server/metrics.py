@@ -68,7 +68,11 @@ class Metrics:
         waiting_polls: Callable[[], int],
         heartbeat_timeout: float,
         clock: Callable[[], float],
+        store_contacts: Callable[[], object] | None = None,
     ) -> None:
+        #: Writes the agent contacts this server holds in memory (they are stored every few
+        #: seconds): the connected-agents count is then exact at each scrape.
+        self.store_contacts = store_contacts
         self.registry = CollectorRegistry()
         self.api_latency = Histogram(
             "opendeploy_api_request_seconds",
@@ -93,4 +97,6 @@ class Metrics:
         self.event_duration.labels(event, status).observe(max(seconds, 0.0))
 
     def render(self) -> bytes:
+        if self.store_contacts is not None:
+            self.store_contacts()
         return generate_latest(self.registry)

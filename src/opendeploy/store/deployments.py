@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opendeploy.core.deployments import (
@@ -23,7 +23,6 @@ from opendeploy.core.errors import Conflict
 from opendeploy.core.planner import InstanceHealth
 from opendeploy.core.revisions import revision_identity
 from opendeploy.store.tables import (
-    agent_contacts,
     command_logs,
     deployment_targets,
     deployments,
@@ -36,7 +35,6 @@ __all__ = [
     "active_commands",
     "active_for_group",
     "add_notification",
-    "agents_heard_since",
     "append_log",
     "by_id",
     "command_by_id",
@@ -45,18 +43,16 @@ __all__ = [
     "deployment_from_row",
     "deployment_values",
     "events_json",
-    "has_waiting_command",
     "health_of",
     "ids",
-    "last_contacts",
     "log_of",
     "next_command_for",
     "overdue_commands",
-    "record_contact",
     "revisions_deployed_to",
     "set_details",
     "status_counts",
     "target_from_row",
+    "target_names",
     "target_status_counts",
     "targets_of",
 ]
@@ -215,6 +211,16 @@ def targets_of(connection: Connection, deployment_id: str) -> list[InstanceTarge
     return [target_from_row(row) for row in rows]
 
 
+def target_names(connection: Connection, deployment_id: str) -> frozenset[str]:
+    """The instance names the deployment targets (without reading their events)."""
+    rows = connection.execute(
+        select(deployment_targets.c.instance_name).where(
+            deployment_targets.c.deployment_id == deployment_id
+        )
+    ).scalars()
+    return frozenset(rows)
+
+
 def target_status_counts(connection: Connection, deployment_id: str) -> dict[str, int]:
     """How many of the deployment's targets are in each status."""
     rows = connection.execute(
@@ -280,30 +286,33 @@ def ids(
     return list(connection.execute(statement).scalars())
 
 
+_COMMAND_BY_ID = select(host_commands).where(host_commands.c.id == bindparam("b_id"))
+
+
 def command_by_id(connection: Connection, command_id: str) -> HostCommand | None:
-    row = connection.execute(select(host_commands).where(host_commands.c.id == command_id)).first()
+    row = connection.execute(_COMMAND_BY_ID, {"b_id": command_id}).first()
     return None if row is None else command_from_row(row)
 
 
-def _waiting(instance_name: str, now: float, redeliver_after: float) -> Any:
-    return and_(
-        host_commands.c.instance_name == instance_name,
-        host_commands.c.status == CommandStatus.PENDING.value,
-        or_(
-            host_commands.c.dispatched_time.is_(None),
-            host_commands.c.dispatched_time < now - redeliver_after,
-        ),
-    )
-
-
-def has_waiting_command(
-    connection: Connection, instance_name: str, *, now: float, redeliver_after: float
-) -> bool:
-    """A cheap read: is there anything ``next_command_for`` would hand over?"""
-    row = connection.execute(
-        select(host_commands.c.id).where(_waiting(instance_name, now, redeliver_after)).limit(1)
-    ).first()
-    return row is not None
+_WAITING = and_(
+    host_commands.c.instance_name == bindparam("b_instance"),
+    host_commands.c.status == CommandStatus.PENDING.value,
+    or_(
+        host_commands.c.dispatched_time.is_(None),
+        host_commands.c.dispatched_time < bindparam("b_handed_before"),
+    ),
+)
+_NEXT_WAITING = (
+    select(host_commands)
+    .where(_WAITING)
+    .order_by(host_commands.c.created_time, host_commands.c.id)
+    .limit(1)
+)
+_HAND_OVER = (
+    update(host_commands)
+    .where(host_commands.c.id == bindparam("b_id"), _WAITING)
+    .values(dispatched_time=bindparam("b_now"))
+)
 
 
 def next_command_for(
@@ -314,50 +323,14 @@ def next_command_for(
     A command handed over but never acknowledged is handed over again after
     ``redeliver_after`` seconds (the agent may have died before it could ack).
     """
-    waiting = _waiting(instance_name, now, redeliver_after)
-    row = connection.execute(
-        select(host_commands)
-        .where(waiting)
-        .order_by(host_commands.c.created_time, host_commands.c.id)
-        .limit(1)
-    ).first()
+    waiting = {"b_instance": instance_name, "b_handed_before": now - redeliver_after}
+    row = connection.execute(_NEXT_WAITING, waiting).first()
     if row is None:
         return None
-    claimed = connection.execute(
-        update(host_commands)
-        .where(host_commands.c.id == row.id, waiting)
-        .values(dispatched_time=now)
-    )
+    claimed = connection.execute(_HAND_OVER, {**waiting, "b_id": row.id, "b_now": now})
     if not claimed.rowcount:
         return None
     return replace(command_from_row(row), dispatched_time=now)
-
-
-def record_contact(connection: Connection, instance_name: str, now: float) -> None:
-    done = connection.execute(
-        update(agent_contacts)
-        .where(agent_contacts.c.instance_name == instance_name)
-        .values(last_seen=now)
-    )
-    if not done.rowcount:
-        try:
-            with connection.begin_nested():
-                connection.execute(
-                    insert(agent_contacts).values(instance_name=instance_name, last_seen=now)
-                )
-        except IntegrityError:
-            connection.execute(
-                update(agent_contacts)
-                .where(agent_contacts.c.instance_name == instance_name)
-                .values(last_seen=now)
-            )
-
-
-def last_contacts(connection: Connection, names: Sequence[str]) -> dict[str, float]:
-    rows = connection.execute(
-        select(agent_contacts).where(agent_contacts.c.instance_name.in_(names))
-    ).all()
-    return {row.instance_name: row.last_seen for row in rows}
 
 
 def overdue_commands(connection: Connection) -> list[tuple[HostCommand, str]]:
@@ -449,13 +422,3 @@ def status_counts(connection: Connection) -> dict[str, int]:
         select(deployments.c.status, func.count()).group_by(deployments.c.status)
     ).all()
     return {row[0]: int(row[1]) for row in rows}
-
-
-def agents_heard_since(connection: Connection, since: float) -> int:
-    return int(
-        connection.execute(
-            select(func.count())
-            .select_from(agent_contacts)
-            .where(agent_contacts.c.last_seen >= since)
-        ).scalar_one()
-    )

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from opendeploy.core.deployments import CommandStatus, HostCommand, InstanceTarget
 from opendeploy.core.engine import Decision, Snapshot
@@ -192,18 +193,52 @@ def _catch_up(
     return targets, commands
 
 
+# Built once: building a SQLAlchemy statement costs more than running it, and these run for
+# every event of every host.
+_BUMP_VERSION = (
+    update(deployments)
+    .where(deployments.c.id == bindparam("b_id"))
+    .values(version=bindparam("b_version"))
+)
+_UPDATE_TARGET = (
+    update(deployment_targets)
+    .where(
+        deployment_targets.c.deployment_id == bindparam("b_deployment"),
+        deployment_targets.c.instance_name == bindparam("b_instance"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        events=bindparam("b_events", type_=deployment_targets.c.events.type),
+        last_updated=bindparam("b_updated"),
+        version=bindparam("b_version"),
+    )
+)
+# Not dispatched_time: handing a command over writes it, outside any decision.
+_UPDATE_COMMAND = (
+    update(host_commands)
+    .where(host_commands.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        acked_time=bindparam("b_acked"),
+        completed_time=bindparam("b_completed"),
+        version=bindparam("b_version"),
+    )
+)
+
+
 def apply(connection: Connection, decision: Decision, loaded: Loaded) -> None:
     """Write everything a decision taken on ``loaded`` changed, as version ``+1``."""
     deployment = loaded.snapshot.deployment
     version = loaded.version + 1
-    values: dict[str, Any] = {"version": version}
     if decision.deployment is not None:
-        values.update(deployment_values(decision.deployment))
-    connection.execute(
-        update(deployments).where(deployments.c.id == deployment.deployment_id).values(**values)
-    )
+        values: dict[str, Any] = {"version": version, **deployment_values(decision.deployment)}
+        connection.execute(
+            update(deployments).where(deployments.c.id == deployment.deployment_id).values(**values)
+        )
+    else:
+        connection.execute(_BUMP_VERSION, {"b_id": deployment.deployment_id, "b_version": version})
     _write_targets(connection, decision.targets, version)
-    _write_commands(connection, decision.commands, version)
+    _write_commands(connection, decision.commands, loaded.snapshot.commands, version)
     _write_notifications(connection, decision, deployment.deployment_id, deployment.group_id)
     _write_health(connection, decision, deployment.group_id)
 
@@ -211,48 +246,64 @@ def apply(connection: Connection, decision: Decision, loaded: Loaded) -> None:
 def _write_targets(
     connection: Connection, targets: tuple[InstanceTarget, ...], version: int
 ) -> None:
-    for target in targets:
-        connection.execute(
-            update(deployment_targets)
-            .where(
-                deployment_targets.c.deployment_id == target.deployment_id,
-                deployment_targets.c.instance_name == target.instance_name,
-            )
-            .values(
-                status=target.status.value,
-                events=events_json(target.events),
-                last_updated=target.last_updated,
-                version=version,
-            )
-        )
+    if not targets:
+        return
+    connection.execute(
+        _UPDATE_TARGET,
+        [
+            {
+                "b_deployment": target.deployment_id,
+                "b_instance": target.instance_name,
+                "b_status": target.status.value,
+                "b_events": events_json(target.events),
+                "b_updated": target.last_updated,
+                "b_version": version,
+            }
+            for target in targets
+        ],
+    )
 
 
 def _write_commands(
-    connection: Connection, commands: tuple[HostCommand, ...], version: int
+    connection: Connection,
+    commands: tuple[HostCommand, ...],
+    open_before: Mapping[str, HostCommand],
+    version: int,
 ) -> None:
+    """Update the commands that were open before the decision, insert the ones it issued."""
+    updated: list[dict[str, Any]] = []
+    issued: list[dict[str, Any]] = []
     for command in commands:
-        # Not dispatched_time: handing a command over writes it, outside any decision.
-        values = {
-            "status": command.status.value,
-            "acked_time": command.acked_time,
-            "completed_time": command.completed_time,
-            "version": version,
-        }
-        done = connection.execute(
-            update(host_commands).where(host_commands.c.id == command.command_id).values(**values)
-        )
-        if not done.rowcount:
-            connection.execute(
-                insert(host_commands).values(
-                    id=command.command_id,
-                    deployment_id=command.deployment_id,
-                    instance_name=command.instance_name,
-                    event=command.event,
-                    created_time=command.created_time,
-                    dispatched_time=command.dispatched_time,
-                    **values,
-                )
+        before = open_before.get(command.instance_name)
+        if before is not None and before.command_id == command.command_id:
+            updated.append(
+                {
+                    "b_id": command.command_id,
+                    "b_status": command.status.value,
+                    "b_acked": command.acked_time,
+                    "b_completed": command.completed_time,
+                    "b_version": version,
+                }
             )
+        else:
+            issued.append(
+                {
+                    "id": command.command_id,
+                    "deployment_id": command.deployment_id,
+                    "instance_name": command.instance_name,
+                    "event": command.event,
+                    "created_time": command.created_time,
+                    "dispatched_time": command.dispatched_time,
+                    "status": command.status.value,
+                    "acked_time": command.acked_time,
+                    "completed_time": command.completed_time,
+                    "version": version,
+                }
+            )
+    if updated:
+        connection.execute(_UPDATE_COMMAND, updated)
+    if issued:
+        connection.execute(insert(host_commands), issued)
 
 
 def _write_notifications(

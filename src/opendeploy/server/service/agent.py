@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -20,8 +20,9 @@ from opendeploy.core.deployments import CommandStatus, Deployment, HostCommand
 from opendeploy.core.engine import CommandAcked, CommandCompleted
 from opendeploy.core.errors import ServiceError
 from opendeploy.core.model import OnPremisesInstance
+from opendeploy.server.service.batches import Batches, Job
 from opendeploy.server.service.context import Caller, ServiceContext
-from opendeploy.server.service.engine_runner import feed
+from opendeploy.server.service.engine_runner import feed, feed_taking_next
 from opendeploy.server.signing import SpecSigner
 from opendeploy.store import deployments as store
 from opendeploy.store import polls
@@ -39,6 +40,8 @@ SPEC_CACHE_SIZE = 256
 SPEC_CACHE_SECONDS = 30.0
 #: Hosts kept in memory at most (the cache is emptied past this).
 HOST_CACHE_SIZE = 50_000
+#: The one lane of hand-overs (commands of any host).
+_HAND_OVERS = "hand-overs"
 
 
 def _client_error(message: str) -> ServiceError:
@@ -109,6 +112,9 @@ class AgentService:
         self._hosts: dict[str, tuple[float, Host]] = {}
         #: deployment id -> (expiry, its hosts' names, the signed specification response)
         self._specs: dict[str, tuple[float, frozenset[str], dict[str, Any]]] = {}
+        #: deployment id -> the lock of the thread building its specification now
+        self._spec_builds: dict[str, threading.Lock] = {}
+        self._hand_overs: Batches[tuple[str, float], HostCommand | None] = Batches()
         self._lock = threading.Lock()
         self._signer_lock = threading.Lock()
 
@@ -202,15 +208,23 @@ class AgentService:
         )
 
     def _hand_over(self, host: Host, now: float) -> dict[str, Any] | None:
+        """Mark the host's next command handed over; hand-overs that wait for one another
+        (a deployment's start wakes every host at once) share one transaction."""
+        command = self._hand_overs.run(_HAND_OVERS, (host.instance.name, now), self._hand_over_all)
+        return None if command is None else self._handed(host, command)
+
+    def _hand_over_all(self, jobs: Sequence[Job[tuple[str, float], HostCommand | None]]) -> None:
         with self.ctx.db.write() as connection:
-            command = store.next_command_for(
-                connection,
-                host.instance.name,
-                now=now,
-                redeliver_after=REDELIVER_AFTER_SECONDS,
-            )
-        if command is None:
-            return None
+            for job in jobs:
+                name, now = job.item
+                job.result = store.next_command_for(
+                    connection, name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
+                )
+        for job in jobs:
+            job.done = True
+
+    def _handed(self, host: Host, command: HostCommand) -> dict[str, Any]:
+        """A command as the agent receives it (HostCommandInstance)."""
         return {
             "HostCommandIdentifier": command.command_id,
             "HostIdentifier": host.identifier,
@@ -232,7 +246,15 @@ class AgentService:
         now = self.ctx.clock()
         cached = self._specs.get(deployment_id)
         if cached is None or cached[0] <= now:
-            cached = self._build_specification(deployment_id, now)
+            # Every host of a deployment asks at once: one of them builds, the others wait.
+            with self._lock:
+                building = self._spec_builds.setdefault(deployment_id, threading.Lock())
+            with building:
+                cached = self._specs.get(deployment_id)
+                if cached is None or cached[0] <= now:
+                    cached = self._build_specification(deployment_id, now)
+            with self._lock:
+                self._spec_builds.pop(deployment_id, None)
         _, hosts, response = cached
         if host.instance.name not in hosts:
             raise _client_error(f"No deployment {deployment_id} for this host.")
@@ -243,7 +265,7 @@ class AgentService:
     ) -> tuple[float, frozenset[str], dict[str, Any]]:
         with self.ctx.db.read() as connection:
             deployment = store.by_id(connection, deployment_id)
-            targets = store.targets_of(connection, deployment_id) if deployment else []
+            hosts = store.target_names(connection, deployment_id) if deployment else frozenset()
         if deployment is None:
             raise _client_error(f"No deployment {deployment_id} for this host.")
         spec = self.spec_document(deployment)
@@ -254,7 +276,7 @@ class AgentService:
                 "GenericEnvelope": {"Format": "PKCS7/JSON", "Payload": self.signer.sign(payload)}
             },
         }
-        entry = (now + self.spec_ttl, frozenset(t.instance_name for t in targets), response)
+        entry = (now + self.spec_ttl, hosts, response)
         with self._lock:
             if len(self._specs) >= SPEC_CACHE_SIZE:
                 expired = [key for key, value in self._specs.items() if value[0] <= now]
@@ -344,12 +366,8 @@ class AgentService:
         command = self._command(host, command_id)
         if command.status in (CommandStatus.SUCCEEDED, CommandStatus.FAILED):
             return {"CommandStatus": command.status.value}
-        feed(
-            self.ctx,
-            command.deployment_id,
-            CommandAcked(command.command_id),
-            contact=host.instance.name,
-        )
+        self._touch(host)
+        feed(self.ctx, command.deployment_id, CommandAcked(command.command_id, host.instance.name))
         return {"CommandStatus": CommandStatus.IN_PROGRESS.value}
 
     def complete(
@@ -360,27 +378,54 @@ class AgentService:
         diagnostics: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         """Record the outcome; the first completion of a command wins, later ones are no-ops."""
+        command, completed = self._completion(host, command_id, status, diagnostics)
+        feed(self.ctx, command.deployment_id, completed)
+        return {}
+
+    def complete_and_take_next(
+        self,
+        host: Host,
+        command_id: str | None,
+        status: str | None,
+        diagnostics: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Complete, and hand the agent the host's next command of the deployment in the
+        answer, already acknowledged (OpenDeploy's agent: one request per lifecycle event
+        instead of poll, acknowledgement and completion). The host's other work, such as a
+        rollback's first command, still comes through its poll."""
+        command, completed = self._completion(host, command_id, status, diagnostics)
+        taken = feed_taking_next(
+            self.ctx,
+            command.deployment_id,
+            replace(completed, take_next=True),
+            host=host.instance.name,
+        )
+        return {} if taken is None else {"HostCommand": self._handed(host, taken)}
+
+    def _completion(
+        self,
+        host: Host,
+        command_id: str | None,
+        status: str | None,
+        diagnostics: Mapping[str, Any] | None,
+    ) -> tuple[HostCommand, CommandCompleted]:
         command = self._command(host, command_id)
+        self._touch(host)
         if self.observe_event is not None and command.status is CommandStatus.IN_PROGRESS:
             began = command.acked_time or command.dispatched_time or command.created_time
             outcome = "Succeeded" if status == CommandStatus.SUCCEEDED.value else "Failed"
             self.observe_event(command.event, outcome, self.ctx.clock() - began)
         details = _parse_diagnostics(diagnostics)
         code = details.get("error_code")
-        feed(
-            self.ctx,
-            command.deployment_id,
-            CommandCompleted(
-                command_id=command.command_id,
-                succeeded=status == CommandStatus.SUCCEEDED.value,
-                agent_code=code if isinstance(code, int) else 5,
-                script_name=str(details.get("script_name") or ""),
-                message=str(details.get("message") or ""),
-                log_tail=str(details.get("log") or "")[-4096:],
-            ),
-            contact=host.instance.name,
+        return command, CommandCompleted(
+            command_id=command.command_id,
+            succeeded=status == CommandStatus.SUCCEEDED.value,
+            agent_code=code if isinstance(code, int) else 5,
+            script_name=str(details.get("script_name") or ""),
+            message=str(details.get("message") or ""),
+            log_tail=str(details.get("log") or "")[-4096:],
+            instance_name=command.instance_name,
         )
-        return {}
 
     def update(self, host: Host, command_id: str | None) -> dict[str, Any]:
         """A heartbeat while a command runs."""

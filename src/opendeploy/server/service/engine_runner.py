@@ -15,16 +15,24 @@ from functools import partial
 
 from sqlalchemy import Connection
 
-from opendeploy.core.engine import AlarmActive, Decision, Event, Started, StopRequested, decide
+from opendeploy.core.deployments import CommandStatus, HostCommand
+from opendeploy.core.engine import (
+    AlarmActive,
+    CommandCompleted,
+    Decision,
+    Event,
+    Started,
+    StopRequested,
+    decide,
+)
 from opendeploy.logs import deployment_context
 from opendeploy.server.service.batches import Job
 from opendeploy.server.service.context import ServiceContext
 from opendeploy.server.service.rollbacks import start_rollback
-from opendeploy.store import deployments as store
 from opendeploy.store import snapshots
 from opendeploy.store.snapshots import Loaded
 
-__all__ = ["Feed", "feed", "feed_in", "started", "wake"]
+__all__ = ["Fed", "Feed", "feed", "feed_in", "feed_taking_next", "started", "wake"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,16 @@ class Feed:
     """An event for a deployment, and the host it was heard from (if any)."""
 
     event: Event
-    contact: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Fed:
+    """What an event led to: its decisions (a rollback's follow), and for a completion whose
+    agent takes the next command (``CommandCompleted.take_next``), that command."""
+
+    decisions: list[Decision]
+    taken: HostCommand | None = None
 
 
 def feed_in(
@@ -105,22 +122,31 @@ def wake(ctx: ServiceContext, *decisions: Decision) -> None:
 
 
 def feed(
-    ctx: ServiceContext, deployment_id: str, event: Event, *, contact: str | None = None
+    ctx: ServiceContext, deployment_id: str, event: Event, *, host: str | None = None
 ) -> list[Decision]:
     """Apply ``event`` in its own transaction (shared with other events of the deployment
     that are waiting at the same time) and wake the hosts that got work.
 
-    ``contact`` names a host heard from by this event (recorded in the same transaction).
+    ``host`` names the host this event was heard from, if any.
     """
-    decisions = ctx.feeds.run(
-        deployment_id, Feed(event, contact), partial(_feed_batch, ctx, deployment_id)
-    )
-    return decisions or []
+    fed = ctx.feeds.run(deployment_id, Feed(event, host), partial(_feed_batch, ctx, deployment_id))
+    return [] if fed is None else fed.decisions
 
 
-def _feed_batch(
-    ctx: ServiceContext, deployment_id: str, jobs: Sequence[Job[Feed, list[Decision]]]
-) -> None:
+def feed_taking_next(
+    ctx: ServiceContext, deployment_id: str, event: CommandCompleted, *, host: str
+) -> HostCommand | None:
+    """Apply a completion whose agent takes its next command in the answer (``take_next``):
+    that command, handed over and acknowledged, or None when the host has nothing more.
+
+    The completion may be a resend whose first answer was lost: the command the first one
+    issued is then still the host's open, acknowledged command, and is handed over again.
+    """
+    fed = ctx.feeds.run(deployment_id, Feed(event, host), partial(_feed_batch, ctx, deployment_id))
+    return None if fed is None else fed.taken
+
+
+def _feed_batch(ctx: ServiceContext, deployment_id: str, jobs: Sequence[Job[Feed, Fed]]) -> None:
     try:
         results = _apply_together(ctx, deployment_id, [job.item for job in jobs])
     except Exception:
@@ -135,25 +161,33 @@ def _feed_batch(
                 job.error = error
             job.done = True
         return
-    for job, decisions in zip(jobs, results, strict=True):
-        job.result, job.done = decisions, True
+    for job, fed in zip(jobs, results, strict=True):
+        job.result, job.done = fed, True
 
 
-def _apply_together(
-    ctx: ServiceContext, deployment_id: str, feeds: Sequence[Feed]
-) -> list[list[Decision]]:
-    """Apply ``feeds`` in one transaction; each one's decisions, in order."""
+def _apply_together(ctx: ServiceContext, deployment_id: str, feeds: Sequence[Feed]) -> list[Fed]:
+    """Apply ``feeds`` in one transaction; what each one led to, in order."""
     chain: _Chain = {}
-    results: list[list[Decision]] = []
+    results: list[Fed] = []
     with ctx.db.write() as connection:
         for item in feeds:
             decisions: list[Decision] = []
             _feed_in(ctx, connection, deployment_id, item.event, decisions, chain)
-            if item.contact is not None:
-                store.record_contact(connection, item.contact, ctx.clock())
-            results.append(decisions)
+            results.append(Fed(decisions, _taken(item, chain.get(deployment_id))))
     # Committed: the cache may now run as far as the database.
     for loaded in chain.values():
         ctx.snapshots.keep(loaded)
-    wake(ctx, *(decision for decisions in results for decision in decisions))
+    wake(ctx, *(decision for fed in results for decision in fed.decisions))
     return results
+
+
+def _taken(item: Feed, loaded: Loaded | None) -> HostCommand | None:
+    """The command a ``take_next`` completion hands its agent: the host's open command of
+    the deployment, issued acknowledged (by this completion, or by a resend's first try)."""
+    event = item.event
+    if not isinstance(event, CommandCompleted) or not event.take_next or loaded is None:
+        return None
+    command = loaded.snapshot.commands.get(item.host or "")
+    if command is None or command.command_id == event.command_id:
+        return None
+    return command if command.status is CommandStatus.IN_PROGRESS else None
