@@ -557,6 +557,25 @@ def test_an_idle_long_poll_answers_empty_after_long_poll_seconds(quick_fleet: Fl
     assert 0.4 <= elapsed < 5.0
 
 
+def test_a_quiet_host_gets_a_command_created_between_its_polls_at_its_next_poll(
+    quick_fleet: Fleet,
+) -> None:
+    """A poll that found nothing lets the next ones skip the look; a deployment created while
+    no poll is held must still reach the host's next poll at once."""
+    group = quick_fleet.group()
+    [host] = quick_fleet.hosts(group, 1)
+    client = agentsim.agent_client(quick_fleet.site.server, host)
+    for _ in range(2):
+        assert "HostCommand" not in client.poll_host_command(HostIdentifier=host.arn)
+    group.deploy(agentsim.s3_revision())
+
+    started = time.monotonic()
+    command = _take(client, host)
+
+    assert command["CommandName"] == "ApplicationStop"
+    assert time.monotonic() - started < 0.4, "answered by a look, not the end of the poll"
+
+
 def test_a_command_handed_over_but_not_acknowledged_is_not_handed_over_again_at_once(
     quick_fleet: Fleet,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.server.agent_api import AgentApi, PollHub
-from opendeploy.server.service.agent import Host
+from opendeploy.server.service.agent import Host, Look
 from opendeploy.server.service.context import Caller
 
 CALLER = Caller(
@@ -28,10 +28,10 @@ class WokenWhileLooking:
         self.hub = hub
         self.claims = 0
 
-    def poll(self, caller: Caller, host_identifier: str | None) -> tuple[Host, Any]:
+    def poll(self, caller: Caller, host_identifier: str | None) -> Look:
         self.hub.notify([HOST.instance.name])
         time.sleep(0.05)  # the wake-up is handled on the loop before the waiter exists
-        return HOST, None
+        return Look(HOST, None, pending=False)
 
     def claim(self, host: Host) -> Any:
         self.claims += 1
@@ -39,11 +39,21 @@ class WokenWhileLooking:
 
 
 class Idle:
-    def __init__(self) -> None:
-        self.claims = 0
+    """Nothing for the host; ``pending``: it has a command handed over, not yet due again."""
 
-    def poll(self, caller: Caller, host_identifier: str | None) -> tuple[Host, Any]:
-        return HOST, None
+    def __init__(self, pending: bool = False) -> None:
+        self.claims = 0
+        self.looks = 0
+        self.quiet_polls = 0
+        self.pending = pending
+
+    def poll(self, caller: Caller, host_identifier: str | None) -> Look:
+        self.looks += 1
+        return Look(HOST, None, pending=self.pending)
+
+    def quiet_host(self, caller: Caller, host_identifier: str | None, host: Host) -> Host:
+        self.quiet_polls += 1
+        return host
 
     def claim(self, host: Host) -> Any:
         self.claims += 1
@@ -94,3 +104,89 @@ def test_woken_since_tells_wake_ups_after_a_mark() -> None:
         assert not hub.woken_since("a", hub.mark())
 
     asyncio.run(scenario())
+
+
+def _polls(api: AgentApi, count: int) -> None:
+    async def scenario() -> None:
+        for _ in range(count):
+            assert await api._long_poll(CALLER, CALLER.arn) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_host_found_with_nothing_pending_is_polled_without_a_look() -> None:
+    hub, service = PollHub(), Idle()
+    _polls(_api(service, hub, 0.05), 3)
+    assert (service.looks, service.quiet_polls) == (1, 2)
+
+
+def test_a_host_with_a_command_handed_over_is_looked_at_every_poll() -> None:
+    hub, service = PollHub(), Idle(pending=True)
+    _polls(_api(service, hub, 0.05), 3)
+    assert (service.looks, service.quiet_polls) == (3, 0)
+
+
+def test_a_wake_up_ends_the_quiet_and_the_next_poll_looks() -> None:
+    async def scenario() -> tuple[int, int]:
+        hub, service = PollHub(), Idle()
+        api = _api(service, hub, 0.05)
+        await api._long_poll(CALLER, CALLER.arn)
+        hub.wake_local([HOST.instance.name])
+        await asyncio.sleep(0.01)
+        await api._long_poll(CALLER, CALLER.arn)
+        await api._long_poll(CALLER, CALLER.arn)
+        return service.looks, service.quiet_polls
+
+    assert asyncio.run(scenario()) == (2, 1)
+
+
+def test_a_wake_up_during_the_look_does_not_make_the_host_quiet() -> None:
+    async def scenario() -> bool:
+        hub = PollHub()
+        await _api(WokenWhileLooking(hub), hub, 5.0)._long_poll(CALLER, CALLER.arn)
+        return hub.is_quiet(HOST.instance.name)
+
+    assert asyncio.run(scenario()) is False
+
+
+def test_quiet_ends_after_its_time() -> None:
+    hub, service = PollHub(), Idle()
+    hub.quiet_seconds = 0.0
+    _polls(_api(service, hub, 0.05), 2)
+    assert (service.looks, service.quiet_polls) == (2, 0)
+
+
+def test_without_listen_to_other_replicas_no_host_is_quiet() -> None:
+    async def scenario() -> list[tuple[int, int]]:
+        hub, service = PollHub(), Idle()
+        api = _api(service, hub, 0.05)
+        seen = []
+        await api._long_poll(CALLER, CALLER.arn)
+        hub.listening(False)  # wake-ups from other replicas may be lost from now on
+        await asyncio.sleep(0.01)
+        for _ in range(2):
+            await api._long_poll(CALLER, CALLER.arn)
+        seen.append((service.looks, service.quiet_polls))
+        hub.listening(True)
+        await asyncio.sleep(0.01)
+        for _ in range(3):
+            await api._long_poll(CALLER, CALLER.arn)
+        seen.append((service.looks, service.quiet_polls))
+        return seen
+
+    assert asyncio.run(scenario()) == [(3, 0), (4, 2)]
+
+
+def test_held_polls_look_again_when_listen_goes_down_or_comes_back() -> None:
+    async def scenario() -> tuple[int, int]:
+        hub, service = PollHub(), Idle(pending=True)
+        api = _api(service, hub, 0.6)
+        poll = asyncio.create_task(api._long_poll(CALLER, CALLER.arn))
+        await asyncio.sleep(0.1)
+        hub.listening(False)
+        await asyncio.sleep(0.1)
+        hub.listening(True)
+        assert await poll is None
+        return service.looks, service.claims
+
+    assert asyncio.run(scenario()) == (1, 2)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from test_snapshots import T0, _feed, _new_deployment
 
-from opendeploy.core.engine import Started
+from opendeploy.core.engine import CommandAcked, Started
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.store import deployments, instances, polls
 from opendeploy.store.database import Database
@@ -24,16 +24,22 @@ def db(database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool]:
+def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool, bool]:
+    """``look``'s answers, checked against the other reads of a poll."""
     with db.read() as connection:
-        instance, waiting = polls.look(connection, user_arn, now=now, redeliver_after=REDELIVER)
+        instance, waiting, pending = polls.look(
+            connection, user_arn, now=now, redeliver_after=REDELIVER
+        )
         name = None if instance is None else instance.name
         if name is not None:
             assert (
                 polls.has_waiting_command(connection, name, now=now, redeliver_after=REDELIVER)
                 is waiting
             )
-        return name, waiting
+            assert polls.waiting_and_pending(
+                connection, name, now=now, redeliver_after=REDELIVER
+            ) == (waiting, pending)
+        return name, waiting, pending
 
 
 def test_waiting_follows_hand_over_and_redelivery(db: Database) -> None:
@@ -49,24 +55,28 @@ def test_waiting_follows_hand_over_and_redelivery(db: Database) -> None:
             ),
         )
 
-    assert _look(db, arn, T0 + 2) == (name, True)
+    assert _look(db, arn, T0 + 2) == (name, True, True)
     with db.write() as connection:
         assert deployments.next_command_for(connection, name, now=T0 + 2, redeliver_after=REDELIVER)
-    # Handed over: nothing waits, and next_command_for agrees.
-    assert _look(db, arn, T0 + 3) == (name, False)
+    # Handed over: nothing waits, and next_command_for agrees; it is still pending.
+    assert _look(db, arn, T0 + 3) == (name, False, True)
     with db.write() as connection:
         assert not deployments.next_command_for(
             connection, name, now=T0 + 3, redeliver_after=REDELIVER
         )
     # Never acknowledged: handed over again once REDELIVER has passed.
-    assert _look(db, arn, T0 + 2 + REDELIVER + 1) == (name, True)
+    assert _look(db, arn, T0 + 2 + REDELIVER + 1) == (name, True, True)
     with db.write() as connection:
-        assert deployments.next_command_for(
+        command = deployments.next_command_for(
             connection, name, now=T0 + 2 + REDELIVER + 1, redeliver_after=REDELIVER
         )
+    assert command is not None
+    # Acknowledged: nothing pending any more (only a later decision gives the host work).
+    _feed(db, SnapshotCache(), deployment_id, CommandAcked(command.command_id), T0 + 70)
+    assert _look(db, arn, T0 + 71) == (name, False, False)
 
 
 def test_an_unregistered_user_has_no_instance(db: Database) -> None:
-    assert _look(db, "arn:aws:iam::1:user/nobody", T0) == (None, False)
+    assert _look(db, "arn:aws:iam::1:user/nobody", T0) == (None, False, False)
     with db.read() as connection:
         assert polls.instance_of_user(connection, "arn:aws:iam::1:user/nobody") is None

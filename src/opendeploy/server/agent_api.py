@@ -3,9 +3,10 @@
 Signed for SigV4 service ``codedeploy-commands`` by an agent user. PollHostCommand is a long
 poll: held until a command for the host exists or ``long_poll_seconds`` pass. Use cases that
 create commands wake the held polls through ``notify`` (from any thread), and other replicas'
-through PostgreSQL NOTIFY. With other replicas a held poll also re-checks the database every
-``recheck_seconds`` (30 s by default; one read), a safety net for a notification lost while
-the LISTEN connection was down; a lone server (SQLite) needs none: every command is created
+through PostgreSQL NOTIFY. While this replica's LISTEN connection is down, a held poll also
+re-checks the database every ``recheck_seconds`` (30 s by default; one read), and when the
+connection goes down or comes back every held poll looks once more: notifications sent
+meanwhile are lost. A lone server (SQLite) needs none of this: every command is created
 in-process.
 
 Idle polls are most of a fleet's traffic, so one costs as little as we can make it: the
@@ -36,7 +37,7 @@ from opendeploy.core.policies import AGENT
 from opendeploy.server.api import authenticate_request
 from opendeploy.server.auth import Authenticator
 from opendeploy.server.protocol import JsonProtocol
-from opendeploy.server.service.agent import AgentService
+from opendeploy.server.service.agent import AgentService, Host
 from opendeploy.server.service.context import Caller
 from opendeploy.wire import COMMANDS_SERVICE, EXTENSIONS_SERVICE, service_model
 
@@ -53,6 +54,9 @@ REPLICA_RECHECK_SECONDS = 30.0
 POLL_THREADS = 8
 #: Hosts whose last wake-up is remembered (for polls looking in the database meanwhile).
 _WOKEN_LIMIT = 10_000
+#: How long a host found with nothing pending is answered without a look (unless woken).
+QUIET_SECONDS = 300.0
+_QUIET_HOSTS_LIMIT = 100_000
 
 
 class PollHub:
@@ -60,7 +64,17 @@ class PollHub:
 
     A poll looks in the database before it waits, and a wake-up for its host may come while it
     looks: ``mark`` before the look and ``woken_since`` after registering the waiter tell it
-    to look again. Everything but ``notify``/``wake_local`` runs on the event loop.
+    to look again. Everything but ``notify``/``wake_local``/``listening`` runs on the event
+    loop.
+
+    Quiet hosts: a look that found nothing pending for a host (no command at all that is not
+    yet acknowledged) makes the host quiet, and its next polls wait without a look, until a
+    wake-up for it or ``QUIET_SECONDS``. A host gets a command only from a decision, which
+    wakes it: here directly, from other replicas through LISTEN. So quiet hosts are trusted
+    only while every wake-up arrives: always with one server, with replicas only while the
+    LISTEN connection is up (``listening``); each change forgets them all. Idle polls are
+    most of a fleet's requests, and this spares each its look (a trip to a thread and a
+    read).
     """
 
     def __init__(self, publish: Callable[[Iterable[str]], None] | None = None) -> None:
@@ -73,6 +87,11 @@ class PollHub:
         self._last_wake = 0
         #: host -> number of its latest wake-up
         self._woken: dict[str, int] = {}
+        #: host -> until when it is quiet (loop time)
+        self._quiet: dict[str, float] = {}
+        #: Whether every wake-up reaches this replica (see ``listening``).
+        self.wakes_complete = True
+        self.quiet_seconds = QUIET_SECONDS
 
     @property
     def waiting(self) -> int:
@@ -98,10 +117,46 @@ class PollHub:
             # Only polls looking in the database right now need these; they are recent.
             recent = number - _WOKEN_LIMIT // 2
             self._woken = {name: n for name, n in self._woken.items() if n > recent}
+        quiet = self._quiet
         for name in names:
             self._woken[name] = number
+            quiet.pop(name, None)
             for event in self._waiters.get(name, ()):
                 event.set()
+
+    def listening(self, up: bool) -> None:
+        """The LISTEN connection to the other replicas came up or went down (any thread):
+        wake-ups may have been missed, so no host stays quiet, and while it is down no host
+        becomes quiet."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.wakes_complete = up
+            self._quiet = {}
+            return
+        loop.call_soon_threadsafe(self._listening, up)
+
+    def _listening(self, up: bool) -> None:
+        self.wakes_complete = up
+        self._quiet = {}
+        # Wake-ups may have been lost: every held poll looks once more.
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    def is_quiet(self, name: str) -> bool:
+        """Whether ``name`` had nothing pending at its last look and was not woken since."""
+        until = self._quiet.get(name)
+        if until is None:
+            return False
+        if until > asyncio.get_running_loop().time() and self.wakes_complete:
+            return True
+        del self._quiet[name]
+        return False
+
+    def found_quiet(self, name: str, mark: int) -> None:
+        """A look begun at ``mark`` found nothing pending for ``name``."""
+        if self.wakes_complete and not self.woken_since(name, mark):
+            self._quiet[name] = asyncio.get_running_loop().time() + self.quiet_seconds
 
     def mark(self) -> int:
         """Where the wake-ups are now; on the event loop, before a look in the database."""
@@ -207,6 +262,8 @@ class AgentApi:
         self.hub = hub
         self.long_poll_seconds = long_poll_seconds
         self._lookers = _Lookers(POLL_THREADS)
+        #: caller ARN -> its host, for polls of quiet hosts (no look: no database read)
+        self._quiet_hosts: dict[str, Host] = {}
         #: None: REPLICA_RECHECK_SECONDS with other replicas (``hub.publish`` set), else never.
         self._recheck_seconds = recheck_seconds
         self.protocols = {
@@ -222,7 +279,7 @@ class AgentApi:
         """How often a held poll looks in the database (the long poll itself: never)."""
         if self._recheck_seconds is not None:
             return self._recheck_seconds
-        if self.hub.publish is not None:
+        if self.hub.publish is not None and not self.hub.wakes_complete:
             return REPLICA_RECHECK_SECONDS
         return self.long_poll_seconds
 
@@ -285,13 +342,13 @@ class AgentApi:
             return service.specification(host, params.get("DeploymentExecutionId", ""))
         if operation == "PutHostCommandAcknowledgement":
             return service.acknowledge(host, command_id)
-        if operation == "PutHostCommandComplete":
+        if operation in ("PutHostCommandComplete", "PutHostCommandCompleteAndTakeNext"):
             return service.complete(
-                host, command_id, params.get("CommandStatus"), params.get("Diagnostics")
-            )
-        if operation == "PutHostCommandCompleteAndTakeNext":
-            return service.complete_and_take_next(
-                host, command_id, params.get("CommandStatus"), params.get("Diagnostics")
+                host,
+                command_id,
+                params.get("CommandStatus"),
+                params.get("Diagnostics"),
+                take_next=operation == "PutHostCommandCompleteAndTakeNext",
             )
         if operation == "PostHostCommandUpdate":
             return service.update(host, command_id)
@@ -306,9 +363,21 @@ class AgentApi:
         deadline = loop.time() + self.long_poll_seconds
         hub = self.hub
         mark = hub.mark()
-        host, command = await self._lookers.run(lambda: self.service.poll(caller, host_identifier))
-        if command is not None or hub.closing:
-            return command
+        host = self._quiet_hosts.get(caller.arn)
+        if host is not None and hub.is_quiet(host.instance.name):
+            host = self.service.quiet_host(caller, host_identifier, host)
+        else:
+            found = await self._lookers.run(lambda: self.service.poll(caller, host_identifier))
+            host = found.host
+            if found.command is not None or hub.closing:
+                return found.command
+            if not found.pending:
+                hub.found_quiet(host.instance.name, mark)
+                if len(self._quiet_hosts) >= _QUIET_HOSTS_LIMIT:
+                    self._quiet_hosts.clear()
+                self._quiet_hosts[caller.arn] = host
+        if hub.closing:
+            return None
         with hub.waiter(host.instance.name) as event:
             if hub.woken_since(host.instance.name, mark):
                 event.set()

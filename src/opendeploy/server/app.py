@@ -115,6 +115,36 @@ class CloseWhenStoppingMiddleware:
         await self.app(scope, receive, send_closing)
 
 
+class AgentCallsMiddleware:
+    """Agent API calls (``POST /`` with an agent target) go straight to the API handler.
+
+    Idle agents' long polls are most of a fleet's requests, and each one otherwise also paid
+    for the request-id and closing wrappers, the exception middleware and the router. The
+    handler already answers every error in the AWS shape with its request id and records the
+    request's metrics; what this still adds is ``Connection: close`` while stopping.
+    """
+
+    def __init__(self, app: ASGIApp, api: PublicApi, agent: AgentApi, shutdown: Shutdown) -> None:
+        self.app = app
+        self.api = api
+        self.agent = agent
+        self.shutdown = shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
+            target = next(
+                (value for name, value in scope["headers"] if name.lower() == b"x-amz-target"),
+                None,
+            )
+            if target is not None and self.agent.handles(target.decode("latin-1")):
+                response = await self.api.handle(Request(scope, receive))
+                if self.shutdown.begun:
+                    response.headers["connection"] = "close"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class RequestIdMiddleware:
     """Gives every HTTP response an ``x-amzn-RequestId`` (probes, 404s and 405s included)."""
 
@@ -152,9 +182,11 @@ def create_app(
     alertmanager_token: str = "",
 ) -> Starlette:
     hub = PollHub()
-    channel = CommandChannel(context.db, hub.wake_local)
+    channel = CommandChannel(context.db, hub.wake_local, hub.listening)
     if channel.enabled:
         hub.publish = channel.publish
+        # Until LISTEN is up, other replicas' commands may come unannounced.
+        hub.wakes_complete = False
     context = dataclasses.replace(context, notifier=hub)
     agent_service = AgentService(context, contact_interval=min(5.0, heartbeat_timeout / 4))
     agent = AgentApi(
@@ -252,6 +284,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(AgentCallsMiddleware, api=api, agent=agent, shutdown=shutdown),
             Middleware(RequestIdMiddleware),
             Middleware(CloseWhenStoppingMiddleware, shutdown=shutdown),
         ],

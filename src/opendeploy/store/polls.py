@@ -16,7 +16,7 @@ from opendeploy.core.deployments import CommandStatus
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.store.tables import host_commands, instances
 
-__all__ = ["has_waiting_command", "instance_of_user", "look"]
+__all__ = ["has_waiting_command", "instance_of_user", "look", "waiting_and_pending"]
 
 
 def _waiting(instance_name: Any) -> Any:
@@ -33,6 +33,15 @@ def _waiting(instance_name: Any) -> Any:
     )
 
 
+def _pending(instance_name: Any) -> Any:
+    """Any command not yet acknowledged, handed over or not: a host without one can get work
+    only from a decision taken later, which wakes its poll (``PollHub``)."""
+    return and_(
+        host_commands.c.instance_name == instance_name,
+        host_commands.c.status == CommandStatus.PENDING.value,
+    )
+
+
 _INSTANCE_COLUMNS = (
     instances.c.name,
     instances.c.instance_arn,
@@ -45,8 +54,14 @@ _OF_USER = and_(
 )
 _INSTANCE_OF_USER = select(*_INSTANCE_COLUMNS).where(_OF_USER)
 _WAITING = select(host_commands.c.id).where(_waiting(bindparam("instance_name"))).limit(1)
+_WAITING_AND_PENDING = select(
+    exists().where(_waiting(bindparam("instance_name"))).label("waiting"),
+    exists().where(_pending(bindparam("instance_name"))).label("pending"),
+)
 _LOOK = select(
-    *_INSTANCE_COLUMNS, exists().where(_waiting(instances.c.name)).label("waiting")
+    *_INSTANCE_COLUMNS,
+    exists().where(_waiting(instances.c.name)).label("waiting"),
+    exists().where(_pending(instances.c.name)).label("pending"),
 ).where(_OF_USER)
 
 
@@ -62,15 +77,27 @@ def _instance(row: Row[Any]) -> OnPremisesInstance:
 
 def look(
     connection: Connection, user_arn: str, *, now: float, redeliver_after: float
-) -> tuple[OnPremisesInstance | None, bool]:
+) -> tuple[OnPremisesInstance | None, bool, bool]:
     """A poll's first look, in one statement: the registered instance bound to the IAM user
-    ARN (without its tags) and whether a command waits for it."""
+    ARN (without its tags), whether a command waits for it, and whether it has any command
+    not yet acknowledged (waiting, or handed over and not yet due again)."""
     row = connection.execute(
         _LOOK, {"user_arn": user_arn, "handed_before": now - redeliver_after}
     ).first()
     if row is None:
-        return None, False
-    return _instance(row), bool(row.waiting)
+        return None, False, False
+    return _instance(row), bool(row.waiting), bool(row.pending)
+
+
+def waiting_and_pending(
+    connection: Connection, instance_name: str, *, now: float, redeliver_after: float
+) -> tuple[bool, bool]:
+    """``look``'s two answers about commands, for an instance already known."""
+    row = connection.execute(
+        _WAITING_AND_PENDING,
+        {"instance_name": instance_name, "handed_before": now - redeliver_after},
+    ).one()
+    return bool(row.waiting), bool(row.pending)
 
 
 def instance_of_user(connection: Connection, user_arn: str) -> OnPremisesInstance | None:

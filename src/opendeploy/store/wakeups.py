@@ -42,9 +42,16 @@ def _libpq_dsn(url: str) -> str:
 class CommandChannel:
     """Publishes and receives "these hosts have work" across replicas."""
 
-    def __init__(self, db: Database, on_hosts: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        on_hosts: Callable[[list[str]], None],
+        on_listening: Callable[[bool], None] | None = None,
+    ) -> None:
         self.db = db
         self.on_hosts = on_hosts
+        #: Told when the LISTEN connection comes up (True) or fails (False).
+        self.on_listening = on_listening
         self.enabled = not db.is_sqlite
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,6 +94,7 @@ class CommandChannel:
                     connection.execute(f"LISTEN {CHANNEL}")
                     connection.execute(f"LISTEN {identities.CHANNEL}")
                     identities.changes.everything_changed()
+                    self._tell_listening(True)
                     while not self._stop.is_set():
                         for note in connection.notifies(timeout=1.0):
                             if note.channel == identities.CHANNEL:
@@ -95,9 +103,17 @@ class CommandChannel:
                                 self._deliver(note.payload)
             except Exception:
                 identities.changes.everything_changed()
+                self._tell_listening(False)
                 if self._stop.wait(1.0):
                     return
                 log.exception("the LISTEN connection failed; reconnecting")
+
+    def _tell_listening(self, up: bool) -> None:
+        if self.on_listening is not None:
+            try:
+                self.on_listening(up)
+            except Exception:
+                log.exception("could not tell that LISTEN is %s", "up" if up else "down")
 
     def _deliver(self, payload: str) -> None:
         try:

@@ -31,6 +31,7 @@ from opendeploy.store.contacts import ContactBook
 __all__ = [
     "AgentService",
     "Host",
+    "Look",
 ]
 
 #: A command handed to an agent that never acknowledged it is handed over again after this.
@@ -46,6 +47,17 @@ _HAND_OVERS = "hand-overs"
 
 def _client_error(message: str) -> ServiceError:
     return ServiceError("ClientException", message)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a poll's first look found."""
+
+    host: Host
+    #: The command handed over, if one was waiting.
+    command: dict[str, Any] | None
+    #: Whether the host has any command not yet acknowledged (handed over or not).
+    pending: bool
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ class AgentService:
     signs).
 
     An idle poll thus costs one read transaction: the caller's instance and whether a command
-    waits for it (:meth:`poll`).
+    waits for it (:meth:`poll`), and none at all while its host is quiet (``PollHub``).
     """
 
     def __init__(
@@ -166,27 +178,42 @@ class AgentService:
                     )
         return self._signer
 
-    def poll(
-        self, caller: Caller, host_identifier: str | None = None
-    ) -> tuple[Host, dict[str, Any] | None]:
-        """A poll's first look: the caller's host and its next command (handed over), if any.
+    def poll(self, caller: Caller, host_identifier: str | None = None) -> Look:
+        """A poll's first look: the caller's host, its next command (handed over) if any, and
+        whether it has any command not yet acknowledged.
 
-        The host and whether a command waits are one read transaction; only a command found
-        costs a write. The poll is contact.
+        The host and its commands are one read transaction; only a command found costs a
+        write. The poll is contact.
         """
         now = self.ctx.clock()
         host = self._cached_host(caller, host_identifier)
         with self.ctx.db.read() as connection:
             if host is None:
-                instance, waiting = polls.look(
+                instance, waiting, pending = polls.look(
                     connection, caller.arn, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
                 )
             else:
-                waiting = self._waiting(connection, host, now)
+                waiting, pending = polls.waiting_and_pending(
+                    connection,
+                    host.instance.name,
+                    now=now,
+                    redeliver_after=REDELIVER_AFTER_SECONDS,
+                )
         if host is None:
             host = self._remember(caller, instance)
         self.contacts.note(host.instance.name, now)
-        return host, (self._hand_over(host, now) if waiting else None)
+        command = self._hand_over(host, now) if waiting else None
+        return Look(host, command, pending or command is not None)
+
+    def quiet_host(self, caller: Caller, host_identifier: str | None, host: Host) -> Host:
+        """A poll of a host known to have nothing pending (``PollHub.is_quiet``), answered
+        without a look: the identifier is checked as in a look, and the poll is contact."""
+        if host_identifier is not None and host_identifier != caller.arn:
+            raise _client_error(
+                f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
+            )
+        self.contacts.note(host.instance.name, self.ctx.clock())
+        return host
 
     def claim(self, host: Host) -> dict[str, Any] | None:
         """The next command for the host (marked handed over), or None: a held poll's later
@@ -376,24 +403,20 @@ class AgentService:
         command_id: str | None,
         status: str | None,
         diagnostics: Mapping[str, Any] | None,
+        *,
+        take_next: bool = False,
     ) -> dict[str, Any]:
-        """Record the outcome; the first completion of a command wins, later ones are no-ops."""
-        command, completed = self._completion(host, command_id, status, diagnostics)
-        feed(self.ctx, command.deployment_id, completed)
-        return {}
+        """Record the outcome; the first completion of a command wins, later ones are no-ops.
 
-    def complete_and_take_next(
-        self,
-        host: Host,
-        command_id: str | None,
-        status: str | None,
-        diagnostics: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
-        """Complete, and hand the agent the host's next command of the deployment in the
-        answer, already acknowledged (OpenDeploy's agent: one request per lifecycle event
-        instead of poll, acknowledgement and completion). The host's other work, such as a
-        rollback's first command, still comes through its poll."""
+        ``take_next`` (PutHostCommandCompleteAndTakeNext, OpenDeploy's agent): the answer
+        carries the host's next command of the deployment, already acknowledged, so a
+        lifecycle event costs one request instead of poll, acknowledgement and completion.
+        The host's other work, such as a rollback's first command, still comes by its poll.
+        """
         command, completed = self._completion(host, command_id, status, diagnostics)
+        if not take_next:
+            feed(self.ctx, command.deployment_id, completed)
+            return {}
         taken = feed_taking_next(
             self.ctx,
             command.deployment_id,
