@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import itertools
 import json
 import logging
@@ -32,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opendeploy.core.errors import AuthError, ServiceError
+from opendeploy.core.errors import ServiceError
 from opendeploy.core.policies import AGENT
 from opendeploy.server.api import authenticate_request
 from opendeploy.server.auth import Authenticator
@@ -290,11 +289,7 @@ class AgentApi:
         prefix = next(p for p in self.protocols if target.startswith(p))
         protocol = self.protocols[prefix]
         operation = protocol.operation(target[len(prefix) :])
-        caller = self._caller_in_memory(request, body, request_id)
-        if caller is None:
-            caller = await authenticate_request(
-                self.authenticator, request, body, AGENT, request_id
-            )
+        caller = await authenticate_request(self.authenticator, request, body, AGENT, request_id)
         Authenticator.authorize(caller, AGENT, operation.name)
         params = _json_body(body)
         protocol.validate_input(operation, params)
@@ -305,26 +300,6 @@ class AgentApi:
             media_type=JSON_CONTENT_TYPE,
             headers={"x-amzn-RequestId": request_id},
         )
-
-    def _caller_in_memory(self, request: Request, body: bytes, request_id: str) -> Caller | None:
-        """The verified caller when its key is in memory (no I/O: on the event loop)."""
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        try:
-            verified = self.authenticator.authenticate_cached(
-                method=request.method,
-                path=raw_path.decode("latin-1"),
-                query=request.scope.get("query_string", b"").decode("latin-1"),
-                headers=request.headers,
-                body=body,
-                services=(AGENT,),
-                now=dt.datetime.now(dt.UTC),
-            )
-        except AuthError as error:
-            # The code only, as for any refusal: messages may quote the canonical request.
-            client = request.client.host if request.client else "unknown"
-            log.info("request %s from %s refused: %s", request_id, client, error.code)
-            raise
-        return None if verified is None else verified[0]
 
     async def _dispatch(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         if operation == "PollHostCommand":

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opendeploy.core.deployments import (
@@ -22,6 +22,7 @@ from opendeploy.core.deployments import (
 from opendeploy.core.errors import Conflict
 from opendeploy.core.planner import InstanceHealth
 from opendeploy.core.revisions import revision_identity
+from opendeploy.store.polls import waiting_condition
 from opendeploy.store.tables import (
     command_logs,
     deployment_targets,
@@ -294,14 +295,7 @@ def command_by_id(connection: Connection, command_id: str) -> HostCommand | None
     return None if row is None else command_from_row(row)
 
 
-_WAITING = and_(
-    host_commands.c.instance_name == bindparam("b_instance"),
-    host_commands.c.status == CommandStatus.PENDING.value,
-    or_(
-        host_commands.c.dispatched_time.is_(None),
-        host_commands.c.dispatched_time < bindparam("b_handed_before"),
-    ),
-)
+_WAITING = waiting_condition(bindparam("b_instance"))
 _NEXT_WAITING = (
     select(host_commands)
     .where(_WAITING)
@@ -323,7 +317,7 @@ def next_command_for(
     A command handed over but never acknowledged is handed over again after
     ``redeliver_after`` seconds (the agent may have died before it could ack).
     """
-    waiting = {"b_instance": instance_name, "b_handed_before": now - redeliver_after}
+    waiting = {"b_instance": instance_name, "handed_before": now - redeliver_after}
     row = connection.execute(_NEXT_WAITING, waiting).first()
     if row is None:
         return None

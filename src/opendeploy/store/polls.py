@@ -16,10 +16,16 @@ from opendeploy.core.deployments import CommandStatus
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.store.tables import host_commands, instances
 
-__all__ = ["has_waiting_command", "instance_of_user", "look", "waiting_and_pending"]
+__all__ = [
+    "has_waiting_command",
+    "instance_of_user",
+    "look",
+    "waiting_and_pending",
+    "waiting_condition",
+]
 
 
-def _waiting(instance_name: Any) -> Any:
+def waiting_condition(instance_name: Any) -> Any:
     """The condition of ``deployments.next_command_for``: pending, and never handed over or
     handed over ``redeliver_after`` seconds ago (``handed_before``) without an
     acknowledgement."""
@@ -53,14 +59,14 @@ _OF_USER = and_(
     instances.c.iam_user_arn == bindparam("user_arn"), instances.c.deregister_time.is_(None)
 )
 _INSTANCE_OF_USER = select(*_INSTANCE_COLUMNS).where(_OF_USER)
-_WAITING = select(host_commands.c.id).where(_waiting(bindparam("instance_name"))).limit(1)
+_WAITING = select(host_commands.c.id).where(waiting_condition(bindparam("instance_name"))).limit(1)
 _WAITING_AND_PENDING = select(
-    exists().where(_waiting(bindparam("instance_name"))).label("waiting"),
+    exists().where(waiting_condition(bindparam("instance_name"))).label("waiting"),
     exists().where(_pending(bindparam("instance_name"))).label("pending"),
 )
 _LOOK = select(
     *_INSTANCE_COLUMNS,
-    exists().where(_waiting(instances.c.name)).label("waiting"),
+    exists().where(waiting_condition(instances.c.name)).label("waiting"),
     exists().where(_pending(instances.c.name)).label("pending"),
 ).where(_OF_USER)
 

@@ -68,6 +68,14 @@ class Host:
     identifier: str
 
 
+def _check_identifier(caller: Caller, host_identifier: str | None) -> None:
+    """The HostIdentifier an agent names must be its own (the caller's ARN)."""
+    if host_identifier is not None and host_identifier != caller.arn:
+        raise _client_error(
+            f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
+        )
+
+
 def _execution_id(ctx: ServiceContext, deployment_id: str) -> str:
     arn = f"arn:aws:sds:{ctx.region}:{ctx.account_id}:deployment/{deployment_id}"
     return f"CodeDeploy/{ctx.region}/{ctx.account_id}/{arn}"
@@ -144,10 +152,7 @@ class AgentService:
         return self._remember(caller, instance)
 
     def _cached_host(self, caller: Caller, host_identifier: str | None) -> Host | None:
-        if host_identifier is not None and host_identifier != caller.arn:
-            raise _client_error(
-                f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
-            )
+        _check_identifier(caller, host_identifier)
         cached = self._hosts.get(caller.arn)
         if cached is not None and cached[0] > self.ctx.clock():
             return cached[1]
@@ -208,10 +213,7 @@ class AgentService:
     def quiet_host(self, caller: Caller, host_identifier: str | None, host: Host) -> Host:
         """A poll of a host known to have nothing pending (``PollHub.is_quiet``), answered
         without a look: the identifier is checked as in a look, and the poll is contact."""
-        if host_identifier is not None and host_identifier != caller.arn:
-            raise _client_error(
-                f"HostIdentifier {host_identifier} does not belong to the caller {caller.arn}."
-            )
+        _check_identifier(caller, host_identifier)
         self.contacts.note(host.instance.name, self.ctx.clock())
         return host
 
