@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from test_snapshots import T0, _feed, _new_deployment
 
 from opendeploy.core.engine import CommandAcked, Started
@@ -14,14 +11,6 @@ from opendeploy.store.database import Database
 from opendeploy.store.snapshots import SnapshotCache
 
 REDELIVER = 60.0
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool, bool]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -45,14 +44,6 @@ REVISION = {"revisionType": "String", "string": {"content": "version: 0.0\nos: l
 # Now, not a fixed past: servers of other tests share the PostgreSQL database, and their
 # reconcilers would fail commands created long ago as heartbeat-lost.
 T0 = time.time()
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _new_deployment(db: Database, hosts: int, config: str) -> str:
