@@ -6,9 +6,16 @@ CreateDeployment -> Succeeded (one deployment group per N, each warmed up by one
 so every timed one also runs the previous revision's ApplicationStop), then runs
 ``../shared/bench/anchors/ansible/run.sh`` for the same N (up to --ansible-max) in the same
 run. Each OpenDeploy cell is timed --repeat times (this machine is noisy): the samples and
-their median are printed, and the ratio uses the median. Prints one line per measurement:
+their median are printed, and the ratio uses the median. A run's time is from sending
+CreateDeployment to the deployment's completeTime (the server's clock); the median run's
+targets tell where its time went: ``host_events_ms``, the median time a host spends from its
+first lifecycle event's start to its last one's end (the agent's work and the server's
+answers between its events), and ``gap_between_hosts_ms``, the median time from one host's
+last event end to the next host's first event start (finding and handing over the next
+host's first command). Prints one line per measurement:
 
     opendeploy hosts=N config=AllAtOnce wall_s=<median> per_host_ms=<median> samples_s=a,b,c
+        host_events_ms=... gap_between_hosts_ms=...
     ansible hosts=N batch=100% wall_s=... per_host_ms=...
     ratio hosts=N config=AllAtOnce ansible_per_opendeploy=...x
 
@@ -19,6 +26,7 @@ Usage: python bench/deploy.py [--hosts 1,10,50] [--configs AllAtOnce,OneAtATime]
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import statistics
@@ -41,6 +49,9 @@ ANSIBLE_BATCH = {"AllAtOnce": "100%", "OneAtATime": "1"}
 
 
 def _wait(codedeploy: Any, deployment_id: str, timeout: float = 600.0) -> dict[str, Any]:
+    """The deployment once it ended. Polled every 50 ms: each GetDeployment costs the server
+    CPU the deployment would otherwise use on this 2-core machine, and the time is read off
+    the deployment's own completeTime anyway."""
     deadline = time.monotonic() + timeout
     while True:
         info: dict[str, Any] = codedeploy.get_deployment(deploymentId=deployment_id)[
@@ -50,11 +61,15 @@ def _wait(codedeploy: Any, deployment_id: str, timeout: float = 600.0) -> dict[s
             return info
         if time.monotonic() > deadline:
             raise TimeoutError(f"{deployment_id} still {info['status']} after {timeout} s")
-        time.sleep(0.01)
+        time.sleep(0.05)
 
 
-def _deploy(codedeploy: Any, group: str, config: str, revision: dict[str, Any]) -> float:
-    start = time.perf_counter()
+def _deploy(
+    codedeploy: Any, group: str, config: str, revision: dict[str, Any]
+) -> tuple[float, str]:
+    """Seconds from sending CreateDeployment to the deployment's completeTime (the server's
+    clock, this machine's), and the deployment id."""
+    start = time.time()
     deployment_id = codedeploy.create_deployment(
         applicationName="bench",
         deploymentGroupName=group,
@@ -64,12 +79,39 @@ def _deploy(codedeploy: Any, group: str, config: str, revision: dict[str, Any]) 
         fileExistsBehavior="OVERWRITE",
     )["deploymentId"]
     info = _wait(codedeploy, deployment_id)
-    wall = time.perf_counter() - start
     if info["status"] != "Succeeded":
         raise RuntimeError(
             f"{deployment_id} ended {info['status']}: {info.get('errorInformation')}"
         )
-    return wall
+    wall: float = info["completeTime"].timestamp() - start
+    return wall, deployment_id
+
+
+def _timeline(codedeploy: Any, deployment_id: str, *, one_at_a_time: bool) -> str:
+    """Where a deployment's time went, from its targets' lifecycle events: the median time a
+    host spends in its events (first start to last end) and, between consecutive hosts, the
+    median gap from one host's last event end to the next one's first start (OneAtATime)."""
+    ids = codedeploy.list_deployment_targets(deploymentId=deployment_id)["targetIds"]
+    spans: list[tuple[float, float]] = []
+    for start in range(0, len(ids), 25):
+        found = codedeploy.batch_get_deployment_targets(
+            deploymentId=deployment_id, targetIds=ids[start : start + 25]
+        )["deploymentTargets"]
+        for target in found:
+            events = target["instanceTarget"]["lifecycleEvents"]
+            spans.append(
+                (
+                    min(e["startTime"].timestamp() for e in events if "startTime" in e),
+                    max(e["endTime"].timestamp() for e in events if "endTime" in e),
+                )
+            )
+    spans.sort()
+    busy = statistics.median(end - begin for begin, end in spans)
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(spans)]
+    gap = ""
+    if one_at_a_time and gaps:
+        gap = f" gap_between_hosts_ms={1000 * statistics.median(gaps):.1f}"
+    return f"host_events_ms={1000 * busy:.1f}{gap}"
 
 
 def _wait_until_polling(endpoint: str, agents: int, timeout: float = 300.0) -> None:
@@ -150,14 +192,17 @@ def main() -> None:
             )
             _deploy(codedeploy, group, "AllAtOnce", revision)
             for config in configs:
-                samples = [
+                runs = [
                     _deploy(codedeploy, group, config, revision) for _ in range(max(args.repeat, 1))
                 ]
+                samples = [wall for wall, _ in runs]
                 wall = statistics.median(samples)
+                median_run = sorted(runs)[len(runs) // 2][1]
                 print(
                     f"opendeploy hosts={n} config={config} wall_s={wall:.3f} "
                     f"per_host_ms={wall / n * 1000:.1f} "
-                    f"samples_s={','.join(f'{sample:.3f}' for sample in samples)}",
+                    f"samples_s={','.join(f'{sample:.3f}' for sample in samples)} "
+                    f"{_timeline(codedeploy, median_run, one_at_a_time=config == 'OneAtATime')}",
                     flush=True,
                 )
                 if n > args.ansible_max:

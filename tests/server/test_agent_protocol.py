@@ -19,6 +19,7 @@ from typing import Any
 import agentsim
 import httpx
 import pytest
+import sqlalchemy as sa
 from agentsim import EVENTS, Failure, Fleet, Host, Site, event_statuses, targets
 from asn1crypto import cms, pem
 from botocore.credentials import Credentials
@@ -378,6 +379,49 @@ def test_a_completion_taking_the_next_command_hands_it_acknowledged(
     assert ran == list(EVENTS)
     info = agentsim.wait_for_deployment(site.codedeploy, deployment_id)
     assert info["status"] == "Succeeded"
+
+
+def test_a_completion_of_a_command_the_server_handed_over_reads_no_command(
+    fleet: Fleet, site: Site
+) -> None:
+    """The server remembers the commands it handed over (by poll or with a completion):
+    their first completion goes straight to the engine, with no read of the command; a
+    resent completion reads it (and changes nothing)."""
+    group = fleet.group()
+    [host] = fleet.hosts(group, 1)
+    deployment_id = group.deploy(agentsim.s3_revision())
+    client = agentsim.agent_client(site.server, host)
+    extensions = agentsim.extensions_client(site.server, host)
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM host_commands WHERE host_commands.id =" in " ".join(statement.split()):
+            reads.append(statement)
+
+    def complete_taking_next(command: dict[str, Any]) -> dict[str, Any] | None:
+        answer = extensions.put_host_command_complete_and_take_next(
+            HostCommandIdentifier=command["HostCommandIdentifier"],
+            CommandStatus="Succeeded",
+            Diagnostics={"Format": "JSON", "Payload": agentsim.SUCCESS_PAYLOAD},
+            HostIdentifier=host.arn,
+        )
+        taken: dict[str, Any] | None = answer.get("HostCommand")
+        return taken
+
+    first = _take(client, host)
+    _ack(client, first)
+    sa.event.listen(sa.Engine, "before_cursor_execute", count)
+    try:
+        second = complete_taking_next(first)
+        assert second is not None
+        third = complete_taking_next(second)
+        assert reads == [], "a first completion of a handed-over command reads no command"
+        assert complete_taking_next(second) == third, "a resend gets the same next command"
+        assert len(reads) == 1, "a resend reads the command"
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", count)
+    events = _target(site, deployment_id, host)["lifecycleEvents"]
+    assert [event["status"] for event in events[:3]] == ["Succeeded", "Succeeded", "InProgress"]
 
 
 def test_stock_error_codes_become_lifecycle_error_codes(fleet: Fleet, site: Site) -> None:

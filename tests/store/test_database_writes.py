@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,5 +60,54 @@ def test_after_commit_runs_once_committed_and_never_after_a_rollback(
         with db.write():
             pass
         assert ran == ["committed"]
+    finally:
+        db.dispose()
+
+
+def _backend_pid(db: Database) -> int:
+    with db.read() as connection:
+        return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_postgresql_replaces_a_pooled_connection_cut_while_idle(postgres_url: str) -> None:
+    """The pool keeps connections open; one that PostgreSQL (a restart, an idle timeout)
+    cut while it sat unused is found dead before use and replaced: the transaction that
+    draws it still works."""
+    db = Database(postgres_url, ping_after_idle=0.2)
+    admin = Database(postgres_url)
+    try:
+        first = _backend_pid(db)
+        assert _backend_pid(db) == first  # one pooled connection, reused
+        with admin.write() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        time.sleep(0.3)
+        replaced = _backend_pid(db)
+        assert replaced != first
+    finally:
+        db.dispose()
+        admin.dispose()
+
+
+def test_postgresql_pings_only_connections_that_sat_idle(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a connection goes straight back to work: no extra round trip per
+    transaction. One that sat unused past the limit is checked once before use."""
+    db = Database(postgres_url, ping_after_idle=0.3)
+    pings: list[object] = []
+    ping = db.engine.dialect.do_ping
+
+    def counted(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(db.engine.dialect, "do_ping", counted)
+    try:
+        for _ in range(5):
+            _backend_pid(db)
+        assert pings == []
+        time.sleep(0.4)
+        _backend_pid(db)
+        assert len(pings) == 1
     finally:
         db.dispose()

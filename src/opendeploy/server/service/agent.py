@@ -41,6 +41,8 @@ SPEC_CACHE_SIZE = 256
 SPEC_CACHE_SECONDS = 30.0
 #: Hosts kept in memory at most (the cache is emptied past this).
 HOST_CACHE_SIZE = 50_000
+#: Commands handed over by this process kept in memory at most (the map is emptied past this).
+HANDED_CACHE_SIZE = 50_000
 #: The one lane of hand-overs (commands of any host).
 _HAND_OVERS = "hand-overs"
 
@@ -135,6 +137,10 @@ class AgentService:
         #: deployment id -> the lock of the thread building its specification now
         self._spec_builds: dict[str, threading.Lock] = {}
         self._hand_overs: Batches[tuple[str, float], HostCommand | None] = Batches()
+        #: command id -> the command as this process handed it over, until its completion:
+        #: a completion then needs no read to know its deployment and host (which never
+        #: change). Another replica's hand-overs are read from the database.
+        self._handed_over: dict[str, HostCommand] = {}
         self._lock = threading.Lock()
         self._signer_lock = threading.Lock()
 
@@ -254,6 +260,9 @@ class AgentService:
 
     def _handed(self, host: Host, command: HostCommand) -> dict[str, Any]:
         """A command as the agent receives it (HostCommandInstance)."""
+        if len(self._handed_over) >= HANDED_CACHE_SIZE:
+            self._handed_over.clear()
+        self._handed_over[command.command_id] = command
         return {
             "HostCommandIdentifier": command.command_id,
             "HostIdentifier": host.identifier,
@@ -434,9 +443,19 @@ class AgentService:
         status: str | None,
         diagnostics: Mapping[str, Any] | None,
     ) -> tuple[HostCommand, CommandCompleted]:
-        command = self._command(host, command_id)
+        # The first completion of a command this process handed over needs no read (a
+        # resend finds it gone from the map and reads it). Should a stop or a lost
+        # heartbeat have closed the command meanwhile, the engine ignores the completion.
+        command = self._handed_over.get(command_id or "")
+        first = command is not None and command.instance_name == host.instance.name
+        if first:
+            self._handed_over.pop(command_id or "", None)
+        else:
+            command = self._command(host, command_id)
+        assert command is not None
         self._touch(host)
-        if self.observe_event is not None and command.status is CommandStatus.IN_PROGRESS:
+        in_progress = first or command.status is CommandStatus.IN_PROGRESS
+        if self.observe_event is not None and in_progress:
             began = command.acked_time or command.dispatched_time or command.created_time
             outcome = "Succeeded" if status == CommandStatus.SUCCEEDED.value else "Failed"
             self.observe_event(command.event, outcome, self.ctx.clock() - began)
