@@ -17,7 +17,10 @@ their polls are out of phase as in a real fleet. Measured:
   (% of one core), PostgreSQL's CPU (the backends connected to the bench's database), server
   RSS;
 - deploy: CreateDeployment -> Succeeded with AllAtOnce to all N; server CPU-seconds over that
-  time, PostgreSQL's, server peak RSS (VmHWM); dispatch latency p50/p99 as the agents see it:
+  time, PostgreSQL's, server peak RSS (VmHWM); ``ready_to_received_*``: dispatch latency from
+  the moment the server created a command (its ``created_time``, read from the database after
+  the run; the simulator runs on the same clock) to the agent receiving it, over all of the
+  deployment's commands; and dispatch latency p50/p99 as the agents see it:
   for a deployment's first command, from CreateDeployment's answer to the poll answer
   carrying it (``first_dispatch_*``); for the next ones, from the moment the agent's previous
   event ended (its completion is sent) to the answer carrying the next command (the
@@ -64,7 +67,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +80,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from opendeploy.localfleet import REGION, LocalFleet, LocalServer, start_server
+from opendeploy.store.database import make_sqlite_url
 
 AGENT_POLICY = "arn:aws:iam::aws:policy/OpenDeployAgentAccess"
 SERVICE_ROLE = "arn:aws:iam::000000000000:role/bench"
@@ -214,6 +218,8 @@ class Stats:
     first_received: list[float] = field(default_factory=list)
     #: Dispatch latencies (s) of every later command.
     later: list[float] = field(default_factory=list)
+    #: When each command was received (wall clock, the server's clock: same machine).
+    received_at: dict[str, float] = field(default_factory=dict)
     #: The same, by command name.
     by_event: dict[str, list[float]] = field(default_factory=dict)
     #: Request durations (s) by operation, polls that carried a command only.
@@ -310,6 +316,7 @@ class SimAgent:
                 else:
                     acknowledged = True
                 received = time.monotonic()
+                stats.received_at[command["HostCommandIdentifier"]] = time.time()
                 execution = command["DeploymentExecutionId"]
                 if execution == previous_execution and reported_at is not None:
                     latency = received - reported_at
@@ -430,6 +437,24 @@ def servers(
             RUNNING.remove(server)
 
 
+def ready_to_received(
+    database_url: str, deployment_id: str, received_at: Mapping[str, float]
+) -> list[float]:
+    """Dispatch latency as the server defines a command ready: from the command's creation
+    (``host_commands.created_time``, written in the transaction that decided it) to the
+    agent receiving it, for every command of the deployment an agent received."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text("SELECT id, created_time FROM host_commands WHERE deployment_id = :d"),
+                {"d": deployment_id},
+            ).all()
+    finally:
+        engine.dispose()
+    return [max(0.0, received_at[id_] - created) for id_, created in rows if id_ in received_at]
+
+
 def wait_deployment(
     codedeploy: Any, deployment_id: str, timeout: float, done: Callable[[], bool]
 ) -> dict[str, Any]:
@@ -540,6 +565,7 @@ async def run_fleet(
                 completes = stats.completes
                 stats.first_received.clear()
                 stats.later.clear()
+                stats.received_at.clear()
                 meter = Meter(pids, url).start()
                 deployment_id = await asyncio.to_thread(
                     lambda: codedeploy.create_deployment(
@@ -575,6 +601,12 @@ async def run_fleet(
                 later = stats.later
                 # A poll may be answered before CreateDeployment has answered: that is 0.
                 first = [max(0.0, at - stats.created_at) for at in stats.first_received]
+                ready = await asyncio.to_thread(
+                    ready_to_received,
+                    url or make_sqlite_url(Path(temp) / "server-1"),
+                    deployment_id,
+                    stats.received_at,
+                )
                 done = stats.completes - completes
                 stored = hosts * 7 if info["status"] == "Succeeded" else done
                 line = (
@@ -589,6 +621,8 @@ async def run_fleet(
                     f"dispatch_p99_ms={1000 * percentile(later, 0.99):.1f} "
                     f"first_dispatch_p50_ms={1000 * percentile(first, 0.5):.0f} "
                     f"first_dispatch_p99_ms={1000 * percentile(first, 0.99):.0f} "
+                    f"ready_to_received_p50_ms={1000 * percentile(ready, 0.5):.1f} "
+                    f"ready_to_received_p99_ms={1000 * percentile(ready, 0.99):.1f} "
                     f"errors={stats.errors - errors}"
                 )
                 emit(line)

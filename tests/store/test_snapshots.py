@@ -38,7 +38,7 @@ from opendeploy.core.revisions import revision_identity
 from opendeploy.store import applications
 from opendeploy.store import deployments as store
 from opendeploy.store.database import Database
-from opendeploy.store.snapshots import Loaded, SnapshotCache, apply, load
+from opendeploy.store.snapshots import Loaded, SnapshotCache, advanced, apply, load
 
 REVISION = {"revisionType": "String", "string": {"content": "version: 0.0\nos: linux\n"}}
 # Now, not a fixed past: servers of other tests share the PostgreSQL database, and their
@@ -217,3 +217,33 @@ def cache_entry(cache: SnapshotCache, deployment_id: str) -> Loaded:
     entry = cache.get(deployment_id)
     assert entry is not None
     return entry
+
+
+def test_advancing_in_place_matches_the_stored_state_and_spares_the_cache(db: Database) -> None:
+    """A transaction's chain of events advances its own snapshot in place (no copy of every
+    target per event); the result is what was stored, and the cached snapshot it was loaded
+    from is untouched."""
+    deployment_id = _new_deployment(db, 4, "CodeDeployDefault.AllAtOnce")
+    cache = SnapshotCache()
+    _feed(db, cache, deployment_id, Started(), T0 + 1)
+    cached = cache_entry(cache, deployment_id)
+    cached_targets, cached_commands = dict(cached.snapshot.targets), dict(cached.snapshot.commands)
+    with db.write() as connection:
+        loaded = load(connection, deployment_id, cache)
+        assert loaded is not None
+        chained = loaded
+        for step, command in enumerate(
+            sorted(cached_commands.values(), key=lambda c: c.command_id)
+        ):
+            decision = decide(chained.snapshot, CommandAcked(command.command_id), T0 + 2 + step)
+            apply(connection, decision, chained)
+            after = advanced(chained, decision, in_place=True)
+            assert after.snapshot.targets is chained.snapshot.targets, "no copy"
+            chained = after
+    with db.read() as connection:
+        stored = load(connection, deployment_id)
+    assert stored is not None and chained.version == stored.version
+    assert _without_dispatch_times(chained.snapshot) == _without_dispatch_times(stored.snapshot)
+    assert all(c.status is CommandStatus.IN_PROGRESS for c in chained.snapshot.commands.values())
+    assert dict(cached.snapshot.targets) == cached_targets
+    assert dict(cached.snapshot.commands) == cached_commands

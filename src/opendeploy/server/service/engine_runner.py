@@ -97,7 +97,8 @@ def _feed_in(
             chain[deployment_id] = loaded
             return
         snapshots.apply(connection, decision, loaded)
-        chain[deployment_id] = snapshots.advanced(loaded, decision)
+        # The chain's snapshots are this transaction's own (``load`` builds them afresh).
+        chain[deployment_id] = snapshots.advanced(loaded, decision, in_place=True)
         if decision.rollback:
             rollback_id = start_rollback(ctx, connection, deployment_id)
             if rollback_id is not None:
