@@ -118,6 +118,20 @@ def _complete(client: Any, command: dict[str, Any], failure: Failure | None = No
     )
 
 
+def _complete_taking_next(
+    extensions: Any, host: Host, command: dict[str, Any]
+) -> dict[str, Any] | None:
+    """PutHostCommandCompleteAndTakeNext, succeeded: the next command it hands over, if any."""
+    answer = extensions.put_host_command_complete_and_take_next(
+        HostCommandIdentifier=command["HostCommandIdentifier"],
+        CommandStatus="Succeeded",
+        Diagnostics={"Format": "JSON", "Payload": agentsim.SUCCESS_PAYLOAD},
+        HostIdentifier=host.arn,
+    )
+    taken: dict[str, Any] | None = answer.get("HostCommand")
+    return taken
+
+
 def _spec(client: Any, host: Host, command: dict[str, Any]) -> dict[str, Any]:
     response: dict[str, Any] = client.get_deployment_specification(
         DeploymentExecutionId=command["DeploymentExecutionId"], HostIdentifier=host.arn
@@ -352,14 +366,7 @@ def test_a_completion_taking_the_next_command_hands_it_acknowledged(
     _ack(client, command)
 
     def complete_taking_next(command: dict[str, Any]) -> dict[str, Any] | None:
-        answer = extensions.put_host_command_complete_and_take_next(
-            HostCommandIdentifier=command["HostCommandIdentifier"],
-            CommandStatus="Succeeded",
-            Diagnostics={"Format": "JSON", "Payload": agentsim.SUCCESS_PAYLOAD},
-            HostIdentifier=host.arn,
-        )
-        taken: dict[str, Any] | None = answer.get("HostCommand")
-        return taken
+        return _complete_taking_next(extensions, host, command)
 
     ran = [command["CommandName"]]
     following = complete_taking_next(command)
@@ -399,14 +406,7 @@ def test_a_completion_of_a_command_the_server_handed_over_reads_no_command(
             reads.append(statement)
 
     def complete_taking_next(command: dict[str, Any]) -> dict[str, Any] | None:
-        answer = extensions.put_host_command_complete_and_take_next(
-            HostCommandIdentifier=command["HostCommandIdentifier"],
-            CommandStatus="Succeeded",
-            Diagnostics={"Format": "JSON", "Payload": agentsim.SUCCESS_PAYLOAD},
-            HostIdentifier=host.arn,
-        )
-        taken: dict[str, Any] | None = answer.get("HostCommand")
-        return taken
+        return _complete_taking_next(extensions, host, command)
 
     first = _take(client, host)
     _ack(client, first)
