@@ -448,11 +448,10 @@ class AgentService:
         # heartbeat have closed the command meanwhile, the engine ignores the completion.
         command = self._handed_over.get(command_id or "")
         first = command is not None and command.instance_name == host.instance.name
-        if first:
-            self._handed_over.pop(command_id or "", None)
-        else:
+        if command is None or not first:
             command = self._command(host, command_id)
-        assert command is not None
+        else:
+            self._handed_over.pop(command.command_id, None)
         self._touch(host)
         in_progress = first or command.status is CommandStatus.IN_PROGRESS
         if self.observe_event is not None and in_progress:
