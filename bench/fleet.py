@@ -5,10 +5,10 @@ temporary data dir, or a throwaway database on the PostgreSQL server --database-
 registers N hosts through the API (IAM user, agent policy, access key,
 RegisterOnPremisesInstance; a thread pool of boto3 clients), then runs N simulated agents in
 this process: asyncio + httpx, every request SigV4-signed with botocore's SigV4Auth, hooks
-instant. Each agent speaks as OpenDeploy's agent does: PollHostCommand ->
-GetDeploymentSpecification (once per deployment) -> PutHostCommandAcknowledgement, then for
-every event PutHostCommandCompleteAndTakeNext, whose answer carries the host's next command
-of the deployment already acknowledged (one request per lifecycle event); with
+instant. Each agent speaks as OpenDeploy's agent does: TakeHostCommand (the long poll, whose
+command comes acknowledged with the deployment's specification), then for every event
+PutHostCommandCompleteAndTakeNext, whose answer carries the host's next command of the
+deployment already acknowledged (one request per lifecycle event); with
 ``--stock-protocol`` as the stock CodeDeploy agent does: poll, acknowledgement and
 PutHostCommandComplete for every event. The agents start spread over one long-poll period, so
 their polls are out of phase as in a real fleet. Measured:
@@ -284,7 +284,8 @@ class SimAgent:
         response = await self.http.post(
             self.url, content=body, headers=dict(request.headers.items())
         )
-        if operation != "PollHostCommand" or b"HostCommand" in response.content:
+        is_poll = operation in ("PollHostCommand", "TakeHostCommand")
+        if not is_poll or b"HostCommand" in response.content:
             elapsed = time.monotonic() - started
             self.stats.by_operation.setdefault(operation, []).append(elapsed)
         if response.status_code != 200:
@@ -308,11 +309,22 @@ class SimAgent:
                     if first_poll:
                         first_poll = False
                         stats.first_polls += 1
-                    response = await self.call("PollHostCommand", {"HostIdentifier": self.host.arn})
+                    if self.stock:
+                        response = await self.call(
+                            "PollHostCommand", {"HostIdentifier": self.host.arn}
+                        )
+                    else:
+                        response = await self.call(
+                            "TakeHostCommand",
+                            {"HostIdentifier": self.host.arn},
+                            prefix=EXTENSIONS_PREFIX,
+                        )
                     command = response.get("HostCommand")
                     if not command:
                         continue
-                    acknowledged = False
+                    acknowledged = not self.stock
+                    if "DeploymentSpecification" in response:
+                        self.specs.add(command["DeploymentExecutionId"])
                 else:
                     acknowledged = True
                 received = time.monotonic()

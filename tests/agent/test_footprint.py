@@ -66,7 +66,8 @@ class HoldingServer:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("X-Amz-Target", "").endswith(".PollHostCommand"):
+                target = self.headers.get("X-Amz-Target", "")
+                if target.endswith((".PollHostCommand", ".TakeHostCommand")):
                     server.polls += 1
                     server.release.wait(30)
                 self.send_response(200)

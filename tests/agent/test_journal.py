@@ -106,3 +106,26 @@ def test_writes_are_atomic_replacements(tmp_path: Path) -> None:
     journal.finish(entry, "Failed", {"error_code": 4})
     assert os.stat(path).st_ino != inode  # a new file renamed over the old one
     assert [p.name for p in path.parent.iterdir()] == ["d-555"]
+
+
+def test_only_the_outcome_is_flushed_to_disk(tmp_path: Path, monkeypatch: Any) -> None:
+    """Starting a command and noting its hook write without an fsync (each event would wait
+    for a disk flush; a machine crash kills the hook anyway), the outcome with one: it is
+    what a restarted agent resends, and losing it would turn a success into a failure."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(descriptor: int) -> None:
+        synced.append(descriptor)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    journal = Journal(tmp_path)
+    entry = journal.begin("d-556", "hc-6", "AfterInstall")
+    entry = journal.note_hook(entry, os.getpid())
+    assert entry.hook_group is not None
+    assert synced == []
+    journal.finish(entry, "Succeeded", {"error_code": 0})
+    assert len(synced) == 1
+    (found,) = Journal(tmp_path).entries()
+    assert found.result is not None and found.result.status == "Succeeded"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from cryptography import x509
@@ -24,6 +24,7 @@ from opendeploy.agent.client import (
     CommandClient,
     CommandServiceError,
     CompleteResult,
+    Polled,
 )
 from opendeploy.agent.config import AgentConfig
 from opendeploy.agent.executor import SUCCESS_DIAGNOSTICS, DeploymentSpec, Executor, Outcome
@@ -125,6 +126,9 @@ class FakeClient:
         #: For each completion sent, whether it asked for the next command.
         self.took_next: list[bool] = []
         self.updates = 0
+        #: Polls answer as TakeHostCommand does: acknowledged, with ``taken_spec``.
+        self.takes = False
+        self.taken_spec: dict[str, Any] | Literal[False] | None = None
 
     def poll(self) -> dict[str, Any] | None:
         self.calls.append(("poll",))
@@ -135,6 +139,19 @@ class FakeClient:
             return answer()  # type: ignore[no-any-return]
         return answer  # type: ignore[no-any-return]
 
+    def take(self) -> Polled | None:
+        """``poll``'s command, as the stock service hands it; with ``takes``, acknowledged
+        with ``taken_spec`` (the default specification when it is None, none when False)."""
+        command = self.poll()
+        if command is None:
+            return None
+        if not self.takes:
+            return Polled(command)
+        given = self.taken_spec
+        if given is None:
+            given = self.specification()
+        return Polled(command, given or None, acknowledged=True)
+
     def get_deployment_specification(self, execution_id: str) -> dict[str, Any]:
         self.calls.append(("spec", execution_id))
         if callable(self.spec_answer):
@@ -143,6 +160,10 @@ class FakeClient:
             raise self.spec_answer
         if self.spec_answer is not None:
             return self.spec_answer  # type: ignore[no-any-return]
+        return self.specification()
+
+    @staticmethod
+    def specification() -> dict[str, Any]:
         return {
             "DeploymentSystem": "CodeDeploy",
             "DeploymentSpecification": {
@@ -301,6 +322,56 @@ def test_a_handed_command_of_another_deployment_fetches_its_spec_and_a_failure_i
         "the server will not hand an acknowledged command out again: say it failed"
     )
     assert executor.executed == ["BeforeInstall"]
+
+
+def test_a_taken_command_runs_without_a_spec_fetch_or_an_ack(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    """TakeHostCommand's answer: acknowledged, with its verified specification."""
+    client.takes = True
+    client.polls = [host_command("ApplicationStop")]
+    client.next_commands = [host_command("DownloadBundle", "hc-2"), None]
+    make_agent(config, client, executor).step()
+    assert client.names() == ["poll", "complete", "complete"]
+    assert executor.executed == ["ApplicationStop", "DownloadBundle"]
+    assert executor.journal_seen == [True, True]
+
+
+def test_a_taken_command_without_its_spec_fetches_it_and_reports_a_failure_to(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    """No specification came with it: fetched; a fetch that fails is reported (the command
+    is acknowledged, the server will not hand it out again), not silently dropped."""
+    client.takes, client.taken_spec = True, False
+    client.polls = [host_command("ApplicationStop"), host_command("BeforeInstall", "hc-2")]
+    agent = make_agent(config, client, executor)
+    agent.step()
+    assert client.names() == ["poll", "spec", "complete"]
+    client.spec_answer = _error(retryable=True)
+    client.polls = [host_command("BeforeInstall", "hc-2", deployment_id="d-OTHER0001")]
+    agent.step()
+    assert client.names()[3:] == ["poll", "spec", "complete"]
+    assert client.completes()[1][:2] == ("hc-2", "Failed")
+    assert executor.executed == ["ApplicationStop"]
+
+
+def test_a_taken_command_whose_spec_does_not_verify_fails_without_running(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    client.takes = True
+    client.taken_spec = {
+        "DeploymentSystem": "CodeDeploy",
+        "DeploymentSpecification": {
+            "GenericEnvelope": {"Format": "PKCS7/JSON", "Payload": "-----BEGIN PKCS7-----"}
+        },
+    }
+    client.polls = [host_command("ApplicationStop")]
+    make_agent(config, client, executor).step()
+    assert client.names() == ["poll", "complete"]
+    [(command_id, status, diagnostics)] = client.completes()
+    assert (command_id, status, diagnostics["error_code"]) == ("hc-1", "Failed", 5)
+    assert "Invalid deployment specification" in diagnostics["message"]
+    assert executor.executed == []
 
 
 def test_a_stopping_agent_takes_no_next_command(
@@ -691,6 +762,9 @@ class StubServer:
                 if isinstance(action, dict):
                     self._answer(200, json.dumps(action).encode())
                     return True
+                if callable(action):
+                    self._answer(200, json.dumps(action()).encode())
+                    return True
                 if isinstance(action, tuple):
                     status, error_type = action
                     self._answer(status, json.dumps({"__type": error_type}).encode())
@@ -825,6 +899,61 @@ def test_poll_is_not_retried_inside_the_client(
     assert len(stub.requests) == 1
     assert real_client.poll() is None
     assert stub.requests[-1]["body"] == {"HostIdentifier": HOST}
+
+
+def test_take_asks_for_an_acknowledged_command_with_its_specification(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    command = host_command("ApplicationStop")
+    specification = FakeClient.specification()
+    taken = {"HostCommand": command, "HeldSeconds": 0.5}
+    stub.script = [{}, {**taken, **specification}, taken]
+    assert real_client.take() is None, "an empty answer: nothing to do"
+    assert real_client.take() == Polled(command, specification, acknowledged=True)
+    assert real_client.take() == Polled(command, None, acknowledged=True)
+    assert set(stub.targets()) == {"OpenDeployAgent_20261126.TakeHostCommand"}
+    assert stub.requests[-1]["body"] == {"HostIdentifier": HOST}
+
+
+def test_a_taken_command_that_arrives_late_is_acknowledged_again(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    """The answer took 1.3 s more than the server held the poll (a frozen agent, a stalled
+    network): the server may have failed the command meanwhile, so the agent asks again
+    with an acknowledgement; an answer without HeldSeconds is checked the same way."""
+    command = host_command("ApplicationStop")
+
+    def late() -> dict[str, Any]:
+        time.sleep(1.3)
+        return {"HostCommand": command, "HeldSeconds": 0.0}
+
+    stub.script = [late, {"HostCommand": command}]
+    assert real_client.take() == Polled(command)
+    assert real_client.take() == Polled(command)
+
+
+def test_a_server_without_take_gets_stock_polls_from_then_on(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    command = host_command("ApplicationStop")
+    stub.script = [(400, "UnknownOperationException"), {"HostCommand": command}]
+    assert real_client.take() == Polled(command)
+    assert real_client.take() is None
+    assert [t.rpartition(".")[2] for t in stub.targets()] == [
+        "TakeHostCommand",
+        "PollHostCommand",
+        "PollHostCommand",
+    ]
+
+
+def test_a_take_that_fails_otherwise_is_a_poll_error_and_not_retried(
+    real_client: CommandClient, stub: StubServer
+) -> None:
+    stub.script = [500]
+    with pytest.raises(CommandServiceError) as caught:
+        real_client.take()
+    assert caught.value.retryable
+    assert len(stub.requests) == 1 and real_client.takes_polls
 
 
 def test_log_upload_uses_the_extension_target(real_client: CommandClient, stub: StubServer) -> None:

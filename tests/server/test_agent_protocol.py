@@ -388,6 +388,36 @@ def test_a_completion_taking_the_next_command_hands_it_acknowledged(
     assert info["status"] == "Succeeded"
 
 
+def test_take_hands_the_command_acknowledged_with_its_specification(
+    fleet: Fleet, site: Site
+) -> None:
+    """TakeHostCommand: the poll's command, acknowledged (its event InProgress, never handed
+    out again), with the specification GetDeploymentSpecification answers."""
+    group = fleet.group()
+    [host] = fleet.hosts(group, 1)
+    deployment_id = group.deploy(agentsim.s3_revision())
+    client = agentsim.agent_client(site.server, host)
+    extensions = agentsim.extensions_client(site.server, host)
+    answer = extensions.take_host_command(HostIdentifier=host.arn)
+    command = answer["HostCommand"]
+    assert (command["HostIdentifier"], command["CommandName"]) == (host.arn, EVENTS[0])
+    assert 0 <= answer["HeldSeconds"] < 1.0, "the command was waiting: no hold"
+    fetched = _spec(client, host, command)
+    assert answer["DeploymentSystem"] == fetched["DeploymentSystem"] == "CodeDeploy"
+    assert answer["DeploymentSpecification"] == fetched["DeploymentSpecification"]
+    event = _target(site, deployment_id, host)["lifecycleEvents"][0]
+    assert (event["lifecycleEventName"], event["status"]) == (EVENTS[0], "InProgress")
+    assert "startTime" in event
+    assert client.poll_host_command(HostIdentifier=host.arn).get("HostCommand") is None
+    assert "HostCommand" not in extensions.take_host_command(HostIdentifier=host.arn)
+
+    following = _complete_taking_next(extensions, host, command)
+    while following is not None:
+        following = _complete_taking_next(extensions, host, following)
+    info = agentsim.wait_for_deployment(site.codedeploy, deployment_id)
+    assert info["status"] == "Succeeded"
+
+
 def test_a_completion_of_a_command_the_server_handed_over_reads_no_command(
     fleet: Fleet, site: Site
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from opendeploy.core.errors import ServiceError
 from opendeploy.store.database import Database, DatabaseBusy, after_commit
@@ -39,6 +41,73 @@ def test_a_lock_held_by_another_process_is_a_throttling_error(
         other.close()
     assert isinstance(caught.value, ServiceError)
     assert (caught.value.code, caught.value.status) == ("ThrottlingException", 503)
+    with sqlite_db.write() as connection:
+        connection.execute(text("UPDATE counter SET n = n + 1"))
+
+
+def test_writers_of_one_process_take_turns_without_sqlites_busy_handler(
+    tmp_path: Path,
+) -> None:
+    """Writers of this process wait for each other on the database's own lock: with SQLite's
+    busy timeout set to zero (no busy handler at all), eight threads writing at once all
+    get through, none sees "database is locked", and no increment is lost."""
+    db = Database(f"sqlite:///{tmp_path / 'turns.db'}", write_wait=10)
+
+    @event.listens_for(db.engine, "connect")
+    def _no_busy_handler(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    with db.write() as connection:
+        connection.execute(text("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER)"))
+        connection.execute(text("INSERT INTO counter VALUES (1, 0)"))
+    errors: list[BaseException] = []
+
+    def write_many() -> None:
+        try:
+            for _ in range(25):
+                with db.write() as connection:
+                    value = connection.execute(text("SELECT n FROM counter")).scalar_one()
+                    time.sleep(0.0005)
+                    connection.execute(text("UPDATE counter SET n = :n"), {"n": value + 1})
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write_many) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        with db.read() as connection:
+            assert connection.execute(text("SELECT n FROM counter")).scalar_one() == 200
+    finally:
+        db.dispose()
+
+
+def test_a_write_that_waits_too_long_for_this_processs_writers_is_throttled(
+    sqlite_db: Database,
+) -> None:
+    """A writer of this process holding the database past ``write_wait`` makes another one
+    a 503 ThrottlingException that says why, as SQLite's busy timeout did."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with sqlite_db.write():
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        too_long = r"other writes held the database for over 0.3 s"
+        with pytest.raises(DatabaseBusy, match=too_long), sqlite_db.write() as connection:
+            connection.execute(text("UPDATE counter SET n = n + 1"))
+    finally:
+        release.set()
+        holder.join()
     with sqlite_db.write() as connection:
         connection.execute(text("UPDATE counter SET n = n + 1"))
 

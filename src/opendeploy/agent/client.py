@@ -44,6 +44,7 @@ __all__ = [
     "CommandClient",
     "CommandServiceError",
     "CompleteResult",
+    "Polled",
     "is_retryable",
 ]
 
@@ -92,6 +93,22 @@ class Aborted(OpenDeployError):
 
 class _UnknownOperation(Exception):
     """The server does not serve an extension operation (an older OpenDeploy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """A command a poll returned."""
+
+    command: dict[str, Any]
+    #: GetDeploymentSpecification's answer for it, when it came with the command.
+    specification: dict[str, Any] | None = None
+    #: Handed over already acknowledged (TakeHostCommand): run it without an acknowledgement.
+    acknowledged: bool = False
+
+
+#: A TakeHostCommand answer that arrives later than this after the server sent it (the
+#: round trip minus the time the server held the poll) is checked with an acknowledgement.
+LATE_ANSWER_SECONDS: Final = 1.0
 
 
 class CompleteResult(enum.Enum):
@@ -215,9 +232,11 @@ class CommandClient:
         self.signer = Signer(
             config.access_key_id, config.secret_access_key, config.region, SIGNING_NAME
         )
-        #: Whether completions ask for the host's next command (until the server says it
-        #: does not know the operation).
+        #: Whether completions ask for the host's next command, and polls take commands
+        #: acknowledged with their specification (each until the server says it does not
+        #: know the operation).
         self.takes_next = True
+        self.takes_polls = True
 
     def __repr__(self) -> str:
         return f"CommandClient(endpoint={self.config.endpoint!r}, host={self.host_identifier!r})"
@@ -286,6 +305,48 @@ class CommandClient:
         )
         command = response.get("HostCommand")
         return command if isinstance(command, dict) and command else None
+
+    def take(self) -> Polled | None:
+        """A long poll whose command comes acknowledged, with its deployment's specification
+        (OpenDeploy's TakeHostCommand: one request instead of poll, specification fetch and
+        acknowledgement); a plain PollHostCommand on a server without it (an older OpenDeploy),
+        from then on."""
+        if self.takes_polls:
+            params = {"HostIdentifier": self.host_identifier}
+            sent = time.monotonic()
+            try:
+                response = self._call(
+                    "TakeHostCommand",
+                    lambda: self._invoke("TakeHostCommand", params, target=EXTENSIONS_TARGET),
+                    attempts=1,
+                )
+            except CommandServiceError as error:
+                if error.code != "UnknownOperationException":
+                    raise
+                log.info("the server cannot hand commands acknowledged; polling as the stock agent")
+                self.takes_polls = False
+            else:
+                command = response.get("HostCommand")
+                if not isinstance(command, dict) or not command:
+                    return None
+                given: dict[str, Any] | None = None
+                if "DeploymentSpecification" in response:
+                    given = {
+                        key: response[key]
+                        for key in ("DeploymentSystem", "DeploymentSpecification")
+                        if key in response
+                    }
+                held = response.get("HeldSeconds")
+                late = time.monotonic() - sent - (held if isinstance(held, int | float) else 0)
+                if not isinstance(held, int | float) or late > LATE_ANSWER_SECONDS:
+                    # Frozen, or a stalled network: the server may have failed the command
+                    # meanwhile (heartbeat lost). Acknowledge it again, as the stock agent
+                    # does: the answer says whether it is still to run.
+                    log.warning("a command reached the agent %.1f s late; checking it", late)
+                    return Polled(command, given)
+                return Polled(command, given, acknowledged=True)
+        command = self.poll()
+        return None if command is None else Polled(command)
 
     def get_deployment_specification(self, execution_id: str) -> dict[str, Any]:
         params = {"DeploymentExecutionId": execution_id, "HostIdentifier": self.host_identifier}

@@ -105,7 +105,7 @@ def install(
 
     layout.write_atomically(
         layout.install_instructions_file(root, group_id),
-        json.dumps({"instructions": plan.instructions()}, indent=1).encode(),
+        json.dumps({"instructions": plan.instructions()}).encode(),
     )
     removed = _remove_previous(previous)
     if prefix is not None:

@@ -85,18 +85,26 @@ class Journal:
         return layout.ongoing_deployment_dir(self.root)
 
     def begin(self, deployment_id: str, host_command_id: str, command_name: str) -> JournalEntry:
-        """Record that ``host_command_id`` is about to run; call before executing it."""
+        """Record that ``host_command_id`` is about to run; call before executing it.
+
+        Not fsynced: the entry is for an agent process that dies while the command runs, and
+        the page cache outlives the process; an fsync would delay every lifecycle event by
+        a disk flush. Should the machine itself crash, the hook died with it and the entry
+        may be lost: the server then fails the host when its heartbeat stops (its own error
+        code), and never hands the acknowledged command out again, so it is not run twice.
+        """
         entry = JournalEntry(deployment_id, host_command_id, command_name, time.time())
-        self._write(entry)
+        self._write(entry, durable=False)
         return entry
 
     def note_hook(self, entry: JournalEntry, pid: int) -> JournalEntry:
-        """Record the process group of the hook ``entry`` just started."""
+        """Record the process group of the hook ``entry`` just started (not fsynced: after a
+        crash of the machine there is no hook left to stop)."""
         started = process_start_time(pid)
         if started is None:
             return entry
         noted = replace(entry, hook_group=(pid, started))
-        self._write(noted)
+        self._write(noted, durable=False)
         return noted
 
     def finish(
@@ -145,7 +153,7 @@ class Journal:
         found.sort(key=lambda item: item[0])
         return [entry for _, entry in found]
 
-    def _write(self, entry: JournalEntry) -> None:
+    def _write(self, entry: JournalEntry, *, durable: bool = True) -> None:
         document: dict[str, Any] = {
             "HostCommandIdentifier": entry.host_command_id,
             "DeploymentId": entry.deployment_id,
@@ -160,7 +168,7 @@ class Journal:
                 "Diagnostics": dict(entry.result.diagnostics),
             }
         path = layout.ongoing_deployment_file(self.root, entry.deployment_id)
-        layout.write_atomically(path, json.dumps(document).encode())
+        layout.write_atomically(path, json.dumps(document).encode(), durable=durable)
 
 
 def _parse(deployment_id: str, text: str) -> JournalEntry | None:

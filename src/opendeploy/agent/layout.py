@@ -202,10 +202,12 @@ def _write_pointer(path: Path, target: Path) -> None:
     write_atomically(path, str(target.absolute()).encode())
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new content, never half.
 
-    Creates the parent directory when missing.
+    Creates the parent directory when missing. ``durable``: the content reaches the disk
+    before the rename (an fsync), so it also survives a crash of the machine; without it, it
+    survives a crash of the process only (the page cache outlives the process).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -213,7 +215,8 @@ def write_atomically(path: Path, data: bytes) -> None:
         with open(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:

@@ -1,8 +1,10 @@
 """The agent's main loop: poll, then for each command spec → verify → ack → run → complete.
 
-``Agent.step()`` does one round: journal recovery (until it has gone through), one
-PollHostCommand (a long poll the server holds up to ~45 s; the next one starts at once), and
-the handling of the command it returned, if any. ``run_forever()`` repeats it until stopped.
+``Agent.step()`` does one round: journal recovery (until it has gone through), one long poll
+(the server holds it up to ~45 s; the next one starts at once), and the handling of the
+command it returned, if any. ``run_forever()`` repeats it until stopped. The poll is
+OpenDeploy's TakeHostCommand, whose command comes acknowledged with its specification (steps 1
+and 2 below without a request), or the stock PollHostCommand on a server without it.
 
 Per command, as the stock agent (agent-protocol §1.3, stock-agent-wire §5-6):
 
@@ -35,7 +37,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-from opendeploy.agent.client import Aborted, Backoff, CommandServiceError, CompleteResult
+from opendeploy.agent.client import (
+    Aborted,
+    Backoff,
+    CommandServiceError,
+    CompleteResult,
+    Polled,
+)
 from opendeploy.agent.config import AgentConfig
 from opendeploy.agent.executor import (
     DeploymentSpec,
@@ -93,7 +101,7 @@ class AgentClient(ExecutorClient, Protocol):
     host_identifier: str
     abort: threading.Event
 
-    def poll(self) -> dict[str, Any] | None: ...
+    def take(self) -> Polled | None: ...
 
     def get_deployment_specification(self, execution_id: str) -> dict[str, Any]: ...
 
@@ -276,7 +284,7 @@ class Agent:
             self._recovered = self.recover()
         started = time.monotonic()
         try:
-            command = self._wait_for(self.client.poll, stop_on=lambda: self._stopping)
+            polled = self._wait_for(self.client.take, stop_on=lambda: self._stopping)
         except _Stopped:
             return Step.STOPPED
         except (CommandServiceError, Aborted) as exc:
@@ -288,21 +296,24 @@ class Agent:
             self._sleep(delay)
             return Step.ERROR
         self.poll_errors = 0
-        if command is None:
+        if polled is None:
             elapsed = time.monotonic() - started
             if elapsed < self.min_poll_interval:
                 # A server that answers at once (no long poll) must not make us spin.
                 self._sleep(self.min_poll_interval - elapsed)
             return Step.IDLE
-        following: Mapping[str, Any] | None = command
-        acknowledged = False
+        following: Mapping[str, Any] | None = polled.command
+        acknowledged, specification = polled.acknowledged, polled.specification
         while following is not None:
+            current = following
             try:
-                following = self.handle(following, acknowledged=acknowledged)
+                following = self.handle(
+                    current, acknowledged=acknowledged, specification=specification
+                )
             except Exception:
-                log.exception("handling command %s failed", following.get("HostCommandIdentifier"))
+                log.exception("handling command %s failed", current.get("HostCommandIdentifier"))
                 following = None
-            acknowledged = True
+            acknowledged, specification = True, None
         return Step.COMMAND
 
     def recover(self) -> bool:
@@ -322,12 +333,18 @@ class Agent:
     # -- one command -------------------------------------------------------------------------
 
     def handle(
-        self, command: Mapping[str, Any], *, acknowledged: bool = False
+        self,
+        command: Mapping[str, Any],
+        *,
+        acknowledged: bool = False,
+        specification: Mapping[str, Any] | None = None,
     ) -> Mapping[str, Any] | None:
         """Run one command; the host's next one if the server handed it with the completion.
 
-        ``acknowledged``: the command came that way (already acknowledged, so no ack is sent
-        and a failure to start it is reported, since the server will not hand it out again).
+        ``acknowledged``: the command came already acknowledged (with a completion's answer
+        or a TakeHostCommand), so no ack is sent and a failure to start it is reported, since
+        the server will not hand it out again. ``specification``: GetDeploymentSpecification's
+        answer for it, when it came with the command (verified like a fetched one).
         """
         command_id = command.get("HostCommandIdentifier")
         name = command.get("CommandName")
@@ -348,31 +365,44 @@ class Agent:
             self._complete(command_id, failure("the command has no name or execution id"))
             return None
         with _deployment(execution_id.rpartition("deployment/")[2] or None):
-            spec = self._specification(command_id, name, execution_id, acknowledged=acknowledged)
+            spec = self._specification(
+                command_id, name, execution_id, acknowledged=acknowledged, given=specification
+            )
             if spec is None:
                 return None
             with _deployment(spec.deployment_id):
                 return self._acknowledge_and_run(command_id, name, spec, acknowledged=acknowledged)
 
     def _specification(
-        self, command_id: str, name: str, execution_id: str, *, acknowledged: bool = False
+        self,
+        command_id: str,
+        name: str,
+        execution_id: str,
+        *,
+        acknowledged: bool = False,
+        given: Mapping[str, Any] | None = None,
     ) -> DeploymentSpec | None:
         log.info("%s: received (%s)", name, command_id)
         cached = self._specs.get(execution_id)
         if cached is not None:
             return cached
-        try:
-            response = self.client.get_deployment_specification(execution_id)
-        except Aborted:
-            return None
-        except CommandServiceError as exc:
-            if exc.retryable and not acknowledged:
-                log.error(
-                    "%s: cannot get the specification (%s); the server will resend it", name, exc
-                )
+        if given is not None:
+            response = given
+        else:
+            try:
+                response = self.client.get_deployment_specification(execution_id)
+            except Aborted:
                 return None
-            self._complete(command_id, failure(exc.server_message))
-            return None
+            except CommandServiceError as exc:
+                if exc.retryable and not acknowledged:
+                    log.error(
+                        "%s: cannot get the specification (%s); the server will resend it",
+                        name,
+                        exc,
+                    )
+                    return None
+                self._complete(command_id, failure(exc.server_message))
+                return None
         system = response.get("DeploymentSystem")
         if system != "CodeDeploy":
             self._complete(

@@ -302,11 +302,43 @@ class AgentApi:
         )
 
     async def _dispatch(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
-        if operation == "PollHostCommand":
+        if operation in ("PollHostCommand", "TakeHostCommand"):
+            started = asyncio.get_running_loop().time()
             command = await self._long_poll(caller, params.get("HostIdentifier"))
-            return {"HostCommand": command} if command is not None else {}
+            if command is None:
+                return {}
+            if operation == "PollHostCommand":
+                return {"HostCommand": command}
+            held = asyncio.get_running_loop().time() - started
+            return await run_in_threadpool(self._take, caller, params, command, held)
         # One trip to the thread pool for the host lookup and the use case together.
         return await run_in_threadpool(self._call, operation, caller, params)
+
+    def _take(
+        self, caller: Caller, params: dict[str, Any], command: dict[str, Any], held: float
+    ) -> Any:
+        """TakeHostCommand's answer to a poll that found ``command`` after ``held`` seconds:
+        acknowledged, with its deployment's specification (what the agent would otherwise ask
+        for in two requests), and how long the poll was held (the agent tells by it whether
+        the answer reached it late).
+
+        A command closed meanwhile (a stop) is not handed over: the agent polls again. A
+        specification that cannot be built is left out: the agent asks for it and reports
+        the error on the command.
+        """
+        service = self.service
+        host = service.host(caller, params.get("HostIdentifier"))
+        acknowledged = service.acknowledge(host, command["HostCommandIdentifier"])
+        if acknowledged["CommandStatus"] != "InProgress":
+            return {}
+        try:
+            specification = service.specification(host, command["DeploymentExecutionId"])
+        except ServiceError as error:
+            log.warning(
+                "no specification for command %s: %s", command["HostCommandIdentifier"], error
+            )
+            specification = {}
+        return {"HostCommand": command, "HeldSeconds": round(held, 3), **specification}
 
     def _call(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         service = self.service

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,6 +75,8 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.write_wait = write_wait
+        #: SQLite writers of this process take turns here, not in SQLite's busy handler.
+        self._sqlite_writer = threading.Lock() if self.is_sqlite else None
         options: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
             options["connect_args"] = {"check_same_thread": False, "timeout": write_wait}
@@ -105,7 +108,7 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A write transaction; callbacks given to :func:`after_commit` run once it commits."""
         callbacks: list[Callable[[], None]] = []
-        with _busy_as_throttling(), self.engine.connect() as connection:
+        with self._writer_turn(), _busy_as_throttling(), self.engine.connect() as connection:
             connection.info.pop(_AFTER_COMMIT, None)
             try:
                 with connection.begin():
@@ -119,6 +122,28 @@ class Database:
                 callback()
             except Exception:
                 log.exception("a callback after a commit failed")
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On SQLite, wait for this process's other writers on a lock of our own.
+
+        SQLite's busy handler polls for a held write lock with sleeps of 1, 2, 5, 10 ms and
+        more: a writer that found the lock taken, say a completion arriving beside the same
+        agent's log upload, slept milliseconds for a transaction that took a tenth of one.
+        A lock hands the turn over the moment the writer before commits. The busy timeout
+        still covers writers in other processes (a second server by mistake, a maintenance
+        script).
+        """
+        lock = self._sqlite_writer
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(timeout=self.write_wait):
+            raise DatabaseBusy(f"other writes held the database for over {self.write_wait:g} s")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _begin(self, connection: Connection, *, immediate: bool) -> None:
         """Open SQLite's transaction (the driver runs in autocommit mode, and SQLAlchemy's
