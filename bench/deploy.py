@@ -6,7 +6,9 @@ CreateDeployment -> Succeeded (one deployment group per N, each warmed up by one
 so every timed one also runs the previous revision's ApplicationStop), then runs
 ``../shared/bench/anchors/ansible/run.sh`` for the same N (up to --ansible-max) in the same
 run. Each OpenDeploy cell is timed --repeat times (this machine is noisy): the samples and
-their median are printed, and the ratio uses the median. A run's time is from sending
+their median are printed, and the ratio uses the median. Before each cell the machine's dirty
+pages are written back (``os.sync``): Ansible's writes, or the previous cell's, are not charged
+to the agents' fsyncs of the next one. A run's time is from sending
 CreateDeployment to the deployment's completeTime (the server's clock); the median run's
 targets tell where its time went: ``host_events_ms``, the median time a host spends from its
 first lifecycle event's start to its last one's end (the agent's work and the server's
@@ -204,6 +206,9 @@ def main() -> None:
             )
             _deploy(codedeploy, group, "AllAtOnce", revision)
             for config in configs:
+                # The previous cell's (and Ansible's) dirty pages are written back now, not
+                # while the agents of this cell wait for their own fsyncs.
+                os.sync()
                 runs = [
                     _deploy(codedeploy, group, config, revision) for _ in range(max(args.repeat, 1))
                 ]

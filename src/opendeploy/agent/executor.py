@@ -405,7 +405,9 @@ class Executor:
             kind = spec.revision_type or "none"
             return failure(f"DownloadBundle: unsupported revision type {kind!r}")
         if identity is not None:
-            layout.write_atomically(paths.directory / REVISION_MARKER, identity.encode())
+            # Not fsynced: a marker lost in a crash of the machine costs one download later.
+            marker = paths.directory / REVISION_MARKER
+            layout.write_atomically(marker, identity.encode(), durable=False)
         layout.write_most_recent_install(self.root, spec.group_id, paths.directory)
         return SUCCESS
 
