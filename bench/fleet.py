@@ -6,9 +6,9 @@ registers N hosts through the API (IAM user, agent policy, access key,
 RegisterOnPremisesInstance; a thread pool of boto3 clients), then runs N simulated agents in
 this process: asyncio + httpx, every request SigV4-signed with botocore's SigV4Auth, hooks
 instant. Each agent speaks as OpenDeploy's agent does: TakeHostCommand (the long poll, whose
-command comes acknowledged with the deployment's specification), then for every event
-PutHostCommandCompleteAndTakeNext, whose answer carries the host's next command of the
-deployment already acknowledged (one request per lifecycle event); with
+command comes with the deployment's specification) -> PutHostCommandAcknowledgement, then for
+every event PutHostCommandCompleteAndTakeNext, whose answer carries the host's next command
+of the deployment already acknowledged (one request per lifecycle event); with
 ``--stock-protocol`` as the stock CodeDeploy agent does: poll, acknowledgement and
 PutHostCommandComplete for every event. The agents start spread over one long-poll period, so
 their polls are out of phase as in a real fleet. Measured:
@@ -322,7 +322,7 @@ class SimAgent:
                     command = response.get("HostCommand")
                     if not command:
                         continue
-                    acknowledged = not self.stock
+                    acknowledged = False
                     if "DeploymentSpecification" in response:
                         self.specs.add(command["DeploymentExecutionId"])
                 else:

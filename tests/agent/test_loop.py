@@ -126,7 +126,7 @@ class FakeClient:
         #: For each completion sent, whether it asked for the next command.
         self.took_next: list[bool] = []
         self.updates = 0
-        #: Polls answer as TakeHostCommand does: acknowledged, with ``taken_spec``.
+        #: Polls answer as TakeHostCommand does: with ``taken_spec``.
         self.takes = False
         self.taken_spec: dict[str, Any] | Literal[False] | None = None
 
@@ -140,8 +140,8 @@ class FakeClient:
         return answer  # type: ignore[no-any-return]
 
     def take(self) -> Polled | None:
-        """``poll``'s command, as the stock service hands it; with ``takes``, acknowledged
-        with ``taken_spec`` (the default specification when it is None, none when False)."""
+        """``poll``'s command, as the stock service hands it; with ``takes``, with
+        ``taken_spec`` (the default specification when it is None, none when False)."""
         command = self.poll()
         if command is None:
             return None
@@ -150,7 +150,7 @@ class FakeClient:
         given = self.taken_spec
         if given is None:
             given = self.specification()
-        return Polled(command, given or None, acknowledged=True)
+        return Polled(command, given or None)
 
     def get_deployment_specification(self, execution_id: str) -> dict[str, Any]:
         self.calls.append(("spec", execution_id))
@@ -324,34 +324,27 @@ def test_a_handed_command_of_another_deployment_fetches_its_spec_and_a_failure_i
     assert executor.executed == ["BeforeInstall"]
 
 
-def test_a_taken_command_runs_without_a_spec_fetch_or_an_ack(
+def test_a_command_taken_with_its_spec_runs_without_a_spec_fetch(
     config: AgentConfig, client: FakeClient, executor: FakeExecutor
 ) -> None:
-    """TakeHostCommand's answer: acknowledged, with its verified specification."""
+    """TakeHostCommand's answer: the command with its verified specification, acknowledged
+    as any polled command (the answer says whether it is still to run)."""
     client.takes = True
     client.polls = [host_command("ApplicationStop")]
     client.next_commands = [host_command("DownloadBundle", "hc-2"), None]
     make_agent(config, client, executor).step()
-    assert client.names() == ["poll", "complete", "complete"]
+    assert client.names() == ["poll", "ack", "complete", "complete"]
     assert executor.executed == ["ApplicationStop", "DownloadBundle"]
     assert executor.journal_seen == [True, True]
 
 
-def test_a_taken_command_without_its_spec_fetches_it_and_reports_a_failure_to(
+def test_a_command_taken_without_its_spec_fetches_it(
     config: AgentConfig, client: FakeClient, executor: FakeExecutor
 ) -> None:
-    """No specification came with it: fetched; a fetch that fails is reported (the command
-    is acknowledged, the server will not hand it out again), not silently dropped."""
     client.takes, client.taken_spec = True, False
-    client.polls = [host_command("ApplicationStop"), host_command("BeforeInstall", "hc-2")]
-    agent = make_agent(config, client, executor)
-    agent.step()
-    assert client.names() == ["poll", "spec", "complete"]
-    client.spec_answer = _error(retryable=True)
-    client.polls = [host_command("BeforeInstall", "hc-2", deployment_id="d-OTHER0001")]
-    agent.step()
-    assert client.names()[3:] == ["poll", "spec", "complete"]
-    assert client.completes()[1][:2] == ("hc-2", "Failed")
+    client.polls = [host_command("ApplicationStop")]
+    make_agent(config, client, executor).step()
+    assert client.names() == ["poll", "spec", "ack", "complete"]
     assert executor.executed == ["ApplicationStop"]
 
 
@@ -762,9 +755,6 @@ class StubServer:
                 if isinstance(action, dict):
                     self._answer(200, json.dumps(action).encode())
                     return True
-                if callable(action):
-                    self._answer(200, json.dumps(action()).encode())
-                    return True
                 if isinstance(action, tuple):
                     status, error_type = action
                     self._answer(status, json.dumps({"__type": error_type}).encode())
@@ -901,35 +891,18 @@ def test_poll_is_not_retried_inside_the_client(
     assert stub.requests[-1]["body"] == {"HostIdentifier": HOST}
 
 
-def test_take_asks_for_an_acknowledged_command_with_its_specification(
+def test_take_asks_for_a_command_with_its_specification(
     real_client: CommandClient, stub: StubServer
 ) -> None:
     command = host_command("ApplicationStop")
     specification = FakeClient.specification()
-    taken = {"HostCommand": command, "HeldSeconds": 0.5}
+    taken = {"HostCommand": command}
     stub.script = [{}, {**taken, **specification}, taken]
     assert real_client.take() is None, "an empty answer: nothing to do"
-    assert real_client.take() == Polled(command, specification, acknowledged=True)
-    assert real_client.take() == Polled(command, None, acknowledged=True)
+    assert real_client.take() == Polled(command, specification)
+    assert real_client.take() == Polled(command, None)
     assert set(stub.targets()) == {"OpenDeployAgent_20261126.TakeHostCommand"}
     assert stub.requests[-1]["body"] == {"HostIdentifier": HOST}
-
-
-def test_a_taken_command_that_arrives_late_is_acknowledged_again(
-    real_client: CommandClient, stub: StubServer
-) -> None:
-    """The answer took 1.3 s more than the server held the poll (a frozen agent, a stalled
-    network): the server may have failed the command meanwhile, so the agent asks again
-    with an acknowledgement; an answer without HeldSeconds is checked the same way."""
-    command = host_command("ApplicationStop")
-
-    def late() -> dict[str, Any]:
-        time.sleep(1.3)
-        return {"HostCommand": command, "HeldSeconds": 0.0}
-
-    stub.script = [late, {"HostCommand": command}]
-    assert real_client.take() == Polled(command)
-    assert real_client.take() == Polled(command)
 
 
 def test_a_server_without_take_gets_stock_polls_from_then_on(

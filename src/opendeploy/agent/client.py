@@ -102,13 +102,6 @@ class Polled:
     command: dict[str, Any]
     #: GetDeploymentSpecification's answer for it, when it came with the command.
     specification: dict[str, Any] | None = None
-    #: Handed over already acknowledged (TakeHostCommand): run it without an acknowledgement.
-    acknowledged: bool = False
-
-
-#: A TakeHostCommand answer that arrives later than this after the server sent it (the
-#: round trip minus the time the server held the poll) is checked with an acknowledgement.
-LATE_ANSWER_SECONDS: Final = 1.0
 
 
 class CompleteResult(enum.Enum):
@@ -232,9 +225,8 @@ class CommandClient:
         self.signer = Signer(
             config.access_key_id, config.secret_access_key, config.region, SIGNING_NAME
         )
-        #: Whether completions ask for the host's next command, and polls take commands
-        #: acknowledged with their specification (each until the server says it does not
-        #: know the operation).
+        #: Whether completions ask for the host's next command, and polls for commands with
+        #: their specification (each until the server says it does not know the operation).
         self.takes_next = True
         self.takes_polls = True
 
@@ -307,13 +299,11 @@ class CommandClient:
         return command if isinstance(command, dict) and command else None
 
     def take(self) -> Polled | None:
-        """A long poll whose command comes acknowledged, with its deployment's specification
-        (OpenDeploy's TakeHostCommand: one request instead of poll, specification fetch and
-        acknowledgement); a plain PollHostCommand on a server without it (an older OpenDeploy),
-        from then on."""
+        """A long poll whose command comes with its deployment's specification (OpenDeploy's
+        TakeHostCommand: no specification fetch after it); a plain PollHostCommand on a server
+        without it (an older OpenDeploy), from then on."""
         if self.takes_polls:
             params = {"HostIdentifier": self.host_identifier}
-            sent = time.monotonic()
             try:
                 response = self._call(
                     "TakeHostCommand",
@@ -323,7 +313,7 @@ class CommandClient:
             except CommandServiceError as error:
                 if error.code != "UnknownOperationException":
                     raise
-                log.info("the server cannot hand commands acknowledged; polling as the stock agent")
+                log.info("the server cannot hand specifications with commands; polling")
                 self.takes_polls = False
             else:
                 command = response.get("HostCommand")
@@ -336,15 +326,7 @@ class CommandClient:
                         for key in ("DeploymentSystem", "DeploymentSpecification")
                         if key in response
                     }
-                held = response.get("HeldSeconds")
-                late = time.monotonic() - sent - (held if isinstance(held, int | float) else 0)
-                if not isinstance(held, int | float) or late > LATE_ANSWER_SECONDS:
-                    # Frozen, or a stalled network: the server may have failed the command
-                    # meanwhile (heartbeat lost). Acknowledge it again, as the stock agent
-                    # does: the answer says whether it is still to run.
-                    log.warning("a command reached the agent %.1f s late; checking it", late)
-                    return Polled(command, given)
-                return Polled(command, given, acknowledged=True)
+                return Polled(command, given)
         command = self.poll()
         return None if command is None else Polled(command)
 

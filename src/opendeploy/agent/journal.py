@@ -87,14 +87,12 @@ class Journal:
     def begin(self, deployment_id: str, host_command_id: str, command_name: str) -> JournalEntry:
         """Record that ``host_command_id`` is about to run; call before executing it.
 
-        Not fsynced: the entry is for an agent process that dies while the command runs, and
-        the page cache outlives the process; an fsync would delay every lifecycle event by
-        a disk flush. Should the machine itself crash, the hook died with it and the entry
-        may be lost: the server then fails the host when its heartbeat stops (its own error
-        code), and never hands the acknowledged command out again, so it is not run twice.
+        Flushed to disk: after a crash of the machine it is what makes the restarted agent
+        report the event as failed (code 7); the server, hearing from the host again, would
+        otherwise wait for that acknowledged event for ever.
         """
         entry = JournalEntry(deployment_id, host_command_id, command_name, time.time())
-        self._write(entry, durable=False)
+        self._write(entry)
         return entry
 
     def note_hook(self, entry: JournalEntry, pid: int) -> JournalEntry:

@@ -3,8 +3,8 @@
 ``Agent.step()`` does one round: journal recovery (until it has gone through), one long poll
 (the server holds it up to ~45 s; the next one starts at once), and the handling of the
 command it returned, if any. ``run_forever()`` repeats it until stopped. The poll is
-OpenDeploy's TakeHostCommand, whose command comes acknowledged with its specification (steps 1
-and 2 below without a request), or the stock PollHostCommand on a server without it.
+OpenDeploy's TakeHostCommand, whose command comes with its specification (step 1 below
+without a request), or the stock PollHostCommand on a server without it.
 
 Per command, as the stock agent (agent-protocol §1.3, stock-agent-wire §5-6):
 
@@ -303,7 +303,7 @@ class Agent:
                 self._sleep(self.min_poll_interval - elapsed)
             return Step.IDLE
         following: Mapping[str, Any] | None = polled.command
-        acknowledged, specification = polled.acknowledged, polled.specification
+        acknowledged, specification = False, polled.specification
         while following is not None:
             current = following
             try:
@@ -341,10 +341,10 @@ class Agent:
     ) -> Mapping[str, Any] | None:
         """Run one command; the host's next one if the server handed it with the completion.
 
-        ``acknowledged``: the command came already acknowledged (with a completion's answer
-        or a TakeHostCommand), so no ack is sent and a failure to start it is reported, since
-        the server will not hand it out again. ``specification``: GetDeploymentSpecification's
-        answer for it, when it came with the command (verified like a fetched one).
+        ``acknowledged``: the command came with a completion's answer (already acknowledged,
+        so no ack is sent and a failure to start it is reported, since the server will not
+        hand it out again). ``specification``: GetDeploymentSpecification's answer for it,
+        when it came with the command (verified like a fetched one).
         """
         command_id = command.get("HostCommandIdentifier")
         name = command.get("CommandName")

@@ -303,42 +303,35 @@ class AgentApi:
 
     async def _dispatch(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         if operation in ("PollHostCommand", "TakeHostCommand"):
-            started = asyncio.get_running_loop().time()
             command = await self._long_poll(caller, params.get("HostIdentifier"))
             if command is None:
                 return {}
             if operation == "PollHostCommand":
                 return {"HostCommand": command}
-            held = asyncio.get_running_loop().time() - started
-            return await run_in_threadpool(self._take, caller, params, command, held)
+            return await run_in_threadpool(self._take, caller, params, command)
         # One trip to the thread pool for the host lookup and the use case together.
         return await run_in_threadpool(self._call, operation, caller, params)
 
     def _take(
-        self, caller: Caller, params: dict[str, Any], command: dict[str, Any], held: float
-    ) -> Any:
-        """TakeHostCommand's answer to a poll that found ``command`` after ``held`` seconds:
-        acknowledged, with its deployment's specification (what the agent would otherwise ask
-        for in two requests), and how long the poll was held (the agent tells by it whether
-        the answer reached it late).
-
-        A command closed meanwhile (a stop) is not handed over: the agent polls again. A
-        specification that cannot be built is left out: the agent asks for it and reports
+        self, caller: Caller, params: dict[str, Any], command: dict[str, Any]
+    ) -> dict[str, Any]:
+        """TakeHostCommand's answer to a poll that found ``command``: the command with its
+        deployment's specification, which the agent would otherwise fetch in a request of its
+        own. The command is handed over as by PollHostCommand, not acknowledged: an answer
+        that never reaches its agent is handed out again, and the agent's acknowledgement
+        still tells it whether the command is to run (a stop or a lost heartbeat meanwhile).
+        A specification that cannot be built is left out: the agent asks for it and reports
         the error on the command.
         """
-        service = self.service
-        host = service.host(caller, params.get("HostIdentifier"))
-        acknowledged = service.acknowledge(host, command["HostCommandIdentifier"])
-        if acknowledged["CommandStatus"] != "InProgress":
-            return {}
+        host = self.service.host(caller, params.get("HostIdentifier"))
         try:
-            specification = service.specification(host, command["DeploymentExecutionId"])
+            specification = self.service.specification(host, command["DeploymentExecutionId"])
         except ServiceError as error:
             log.warning(
                 "no specification for command %s: %s", command["HostCommandIdentifier"], error
             )
             specification = {}
-        return {"HostCommand": command, "HeldSeconds": round(held, 3), **specification}
+        return {"HostCommand": command, **specification}
 
     def _call(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         service = self.service
