@@ -879,16 +879,20 @@ def test_other_calls_retry_5xx_but_not_4xx(real_client: CommandClient, stub: Stu
     assert len(stub.requests) == 4
 
 
-def test_poll_is_not_retried_inside_the_client(
-    real_client: CommandClient, stub: StubServer
+@pytest.mark.parametrize("method", ["poll", "take"])
+def test_polls_are_not_retried_inside_the_client(
+    real_client: CommandClient, stub: StubServer, method: str
 ) -> None:
+    """The loop backs off between polls; a TakeHostCommand that fails for another reason
+    than being unknown does not turn the agent to stock polls."""
     stub.script = [500]
     with pytest.raises(CommandServiceError) as caught:
-        real_client.poll()
+        getattr(real_client, method)()
     assert caught.value.retryable
     assert len(stub.requests) == 1
-    assert real_client.poll() is None
+    assert getattr(real_client, method)() is None
     assert stub.requests[-1]["body"] == {"HostIdentifier": HOST}
+    assert real_client.takes_polls
 
 
 def test_take_asks_for_a_command_with_its_specification(
@@ -917,16 +921,6 @@ def test_a_server_without_take_gets_stock_polls_from_then_on(
         "PollHostCommand",
         "PollHostCommand",
     ]
-
-
-def test_a_take_that_fails_otherwise_is_a_poll_error_and_not_retried(
-    real_client: CommandClient, stub: StubServer
-) -> None:
-    stub.script = [500]
-    with pytest.raises(CommandServiceError) as caught:
-        real_client.take()
-    assert caught.value.retryable
-    assert len(stub.requests) == 1 and real_client.takes_polls
 
 
 def test_log_upload_uses_the_extension_target(real_client: CommandClient, stub: StubServer) -> None:

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +61,18 @@ def test_writers_of_one_process_take_turns_without_sqlites_busy_handler(
     with db.write() as connection:
         connection.execute(text("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER)"))
         connection.execute(text("INSERT INTO counter VALUES (1, 0)"))
-    errors: list[BaseException] = []
 
     def write_many() -> None:
-        try:
-            for _ in range(25):
-                with db.write() as connection:
-                    value = connection.execute(text("SELECT n FROM counter")).scalar_one()
-                    time.sleep(0.0005)
-                    connection.execute(text("UPDATE counter SET n = :n"), {"n": value + 1})
-        except BaseException as error:
-            errors.append(error)
+        for _ in range(25):
+            with db.write() as connection:
+                value = connection.execute(text("SELECT n FROM counter")).scalar_one()
+                time.sleep(0.0005)
+                connection.execute(text("UPDATE counter SET n = :n"), {"n": value + 1})
 
-    threads = [threading.Thread(target=write_many) for _ in range(8)]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        with ThreadPoolExecutor(8) as pool:
+            for writer in [pool.submit(write_many) for _ in range(8)]:
+                writer.result()
         with db.read() as connection:
             assert connection.execute(text("SELECT n FROM counter")).scalar_one() == 200
     finally:
