@@ -34,10 +34,13 @@ REGION = "us-east-1"
 def _clean_aws_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """No test may pick up the developer's own AWS credentials or config."""
+    """No test may pick up the developer's own AWS credentials or config, nor the terminal's
+    size (pytest-xdist's workers set COLUMNS=80, which would narrow the CLI's tables)."""
     for name in list(os.environ):
         if name.startswith("AWS_") or (name.startswith("OPENDEPLOY_") and name != POSTGRES_ENV):
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
     empty = tmp_path_factory.getbasetemp() / "no-aws-config"
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
