@@ -573,11 +573,30 @@ def test_recovery_is_retried_until_the_completion_gets_through(
     Journal(config.root_dir).begin("d-CRASH0002", "hc-crashed", "AfterInstall")
     client.complete_answers = [CompleteResult.ABANDONED]
     agent = make_agent(config, client, executor)
-    agent.step()
+    assert agent.step() is Step.ERROR
     assert len(Journal(config.root_dir).entries()) == 1
+    assert client.names() == ["complete"], "no poll while a begun event is unreported"
     agent.step()
     assert Journal(config.root_dir).entries() == []
     assert [c[0] for c in client.completes()] == ["hc-crashed", "hc-crashed"]
+    assert client.names() == ["complete", "complete", "poll"]
+
+
+def test_a_completion_abandoned_while_running_is_resent_before_the_next_poll(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    """The server keeps the event acknowledged until it hears the outcome; a take would tell
+    it the agent lost the event, so the outcome goes first, from the journal."""
+    client.polls = [host_command("Install")]
+    client.complete_answers = [CompleteResult.ABANDONED]
+    agent = make_agent(config, client, executor)
+    assert agent.step() is Step.COMMAND
+    assert len(Journal(config.root_dir).entries()) == 1
+    assert agent.step() is Step.IDLE
+    assert client.names()[-2:] == ["complete", "poll"]
+    assert client.completes() == [("hc-1", "Succeeded", dict(SUCCESS_DIAGNOSTICS))] * 2
+    assert Journal(config.root_dir).entries() == []
+    assert executor.executed == ["Install"]
 
 
 def test_a_success_whose_complete_was_abandoned_is_resent_as_a_success(

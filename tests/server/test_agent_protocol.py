@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from opendeploy.server.service.agent import LOST_MESSAGE
 from opendeploy.store import contacts
 from opendeploy.store import deployments as store
 from opendeploy.store.database import Database
@@ -414,6 +415,37 @@ def test_take_hands_the_command_with_its_specification(fleet: Fleet, site: Site)
         following = _complete_taking_next(extensions, host, following)
     info = agentsim.wait_for_deployment(site.codedeploy, deployment_id)
     assert info["status"] == "Succeeded"
+
+
+def test_a_take_fails_the_command_its_agent_lost_before_beginning_it(
+    fleet: Fleet, site: Site
+) -> None:
+    """Our agent takes work only when it runs none and has reported every event it began, so
+    a command of its host still acknowledged then is one it lost (received with a
+    completion's answer, then stopped before journaling it). The take fails it with the
+    agent-restart code, instead of the deployment waiting for it for ever (the agent keeps
+    polling: no heartbeat is lost)."""
+    group = fleet.group()
+    [host] = fleet.hosts(group, 1)
+    deployment_id = group.deploy(agentsim.s3_revision())
+    client = agentsim.agent_client(site.server, host)
+    extensions = agentsim.extensions_client(site.server, host)
+    command = extensions.take_host_command(HostIdentifier=host.arn)["HostCommand"]
+    _ack(client, command)
+    lost = _complete_taking_next(extensions, host, command)
+    assert lost is not None and lost["CommandName"] == EVENTS[1]
+
+    assert "HostCommand" not in extensions.take_host_command(HostIdentifier=host.arn)
+    event = _target(site, deployment_id, host)["lifecycleEvents"][1]
+    assert (event["lifecycleEventName"], event["status"]) == (EVENTS[1], "Failed")
+    assert event["diagnostics"]["errorCode"] == "UnknownError"
+    assert event["diagnostics"]["message"] == LOST_MESSAGE
+    info = agentsim.wait_for_deployment(site.codedeploy, deployment_id)
+    assert info["status"] == "Failed"
+    # Its late completion changes nothing, and the host's next take finds nothing to fail.
+    _complete(client, lost)
+    assert _target(site, deployment_id, host)["lifecycleEvents"][1]["status"] == "Failed"
+    assert "HostCommand" not in extensions.take_host_command(HostIdentifier=host.arn)
 
 
 def test_a_completion_of_a_command_the_server_handed_over_reads_no_command(

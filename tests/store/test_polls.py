@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_snapshots import T0, _feed, _new_deployment
 
-from opendeploy.core.engine import CommandAcked, Started
+from opendeploy.core.engine import CommandAcked, CommandCompleted, Started
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.store import deployments, instances, polls
 from opendeploy.store.database import Database
@@ -13,22 +13,24 @@ from opendeploy.store.snapshots import SnapshotCache
 REDELIVER = 60.0
 
 
-def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool, bool]:
-    """``look``'s answers, checked against the other reads of a poll."""
+def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool, bool, bool]:
+    """``look``'s answers (name, waiting, pending, running), checked against the other reads
+    of a poll."""
     with db.read() as connection:
-        instance, waiting, pending = polls.look(
-            connection, user_arn, now=now, redeliver_after=REDELIVER
-        )
+        instance, commands = polls.look(connection, user_arn, now=now, redeliver_after=REDELIVER)
         name = None if instance is None else instance.name
         if name is not None:
             assert (
                 polls.has_waiting_command(connection, name, now=now, redeliver_after=REDELIVER)
-                is waiting
+                is commands.waiting
             )
-            assert polls.waiting_and_pending(
-                connection, name, now=now, redeliver_after=REDELIVER
-            ) == (waiting, pending)
-        return name, waiting, pending
+            assert (
+                polls.commands_of(connection, name, now=now, redeliver_after=REDELIVER) == commands
+            )
+            assert [c.instance_name for c in deployments.running_commands(connection, name)] == (
+                [name] if commands.running else []
+            )
+        return name, *commands
 
 
 def test_waiting_follows_hand_over_and_redelivery(db: Database) -> None:
@@ -44,28 +46,32 @@ def test_waiting_follows_hand_over_and_redelivery(db: Database) -> None:
             ),
         )
 
-    assert _look(db, arn, T0 + 2) == (name, True, True)
+    assert _look(db, arn, T0 + 2) == (name, True, True, False)
     with db.write() as connection:
         assert deployments.next_command_for(connection, name, now=T0 + 2, redeliver_after=REDELIVER)
     # Handed over: nothing waits, and next_command_for agrees; it is still pending.
-    assert _look(db, arn, T0 + 3) == (name, False, True)
+    assert _look(db, arn, T0 + 3) == (name, False, True, False)
     with db.write() as connection:
         assert not deployments.next_command_for(
             connection, name, now=T0 + 3, redeliver_after=REDELIVER
         )
     # Never acknowledged: handed over again once REDELIVER has passed.
-    assert _look(db, arn, T0 + 2 + REDELIVER + 1) == (name, True, True)
+    assert _look(db, arn, T0 + 2 + REDELIVER + 1) == (name, True, True, False)
     with db.write() as connection:
         command = deployments.next_command_for(
             connection, name, now=T0 + 2 + REDELIVER + 1, redeliver_after=REDELIVER
         )
     assert command is not None
-    # Acknowledged: nothing pending any more (only a later decision gives the host work).
+    # Acknowledged: nothing pending any more (only a later decision gives the host work), and
+    # one command running.
     _feed(db, SnapshotCache(), deployment_id, CommandAcked(command.command_id), T0 + 70)
-    assert _look(db, arn, T0 + 71) == (name, False, False)
+    assert _look(db, arn, T0 + 71) == (name, False, False, True)
+    # Completed: the host's next event waits.
+    _feed(db, SnapshotCache(), deployment_id, CommandCompleted(command.command_id, True), T0 + 72)
+    assert _look(db, arn, T0 + 73) == (name, True, True, False)
 
 
 def test_an_unregistered_user_has_no_instance(db: Database) -> None:
-    assert _look(db, "arn:aws:iam::1:user/nobody", T0) == (None, False, False)
+    assert _look(db, "arn:aws:iam::1:user/nobody", T0) == (None, False, False, False)
     with db.read() as connection:
         assert polls.instance_of_user(connection, "arn:aws:iam::1:user/nobody") is None

@@ -282,6 +282,15 @@ class Agent:
             return Step.STOPPED
         if not self._recovered:
             self._recovered = self.recover()
+            if not self._recovered:
+                # An event this agent began is not reported yet: it takes no work until it
+                # is, since a take tells the server that no command it acknowledged is running
+                # here (``AgentService.poll``).
+                self.poll_errors += 1
+                delay = self.poll_backoff.delay(min(self.poll_errors - 1, 10))
+                log.warning("events of an earlier run are not reported yet; again in %.1f s", delay)
+                self._sleep(delay)
+                return Step.ERROR
         started = time.monotonic()
         try:
             polled = self._wait_for(self.client.take, stop_on=lambda: self._stopping)
@@ -495,6 +504,9 @@ class Agent:
         finished = journaled.result()
         if stored:
             self.journal.clear(finished or entry)
+        else:
+            # Reported from the journal before the next take (``step``).
+            self._recovered = False
         return following
 
     def _journal_outcome(self, entry: JournalEntry, outcome: Outcome) -> JournalEntry | None:

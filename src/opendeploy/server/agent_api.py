@@ -303,7 +303,9 @@ class AgentApi:
 
     async def _dispatch(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         if operation in ("PollHostCommand", "TakeHostCommand"):
-            command = await self._long_poll(caller, params.get("HostIdentifier"))
+            command = await self._long_poll(
+                caller, params.get("HostIdentifier"), taking=operation == "TakeHostCommand"
+            )
             if command is None:
                 return {}
             if operation == "PollHostCommand":
@@ -357,7 +359,7 @@ class AgentApi:
         raise ServiceError("UnknownOperationException", f"{operation} is not served here.")
 
     async def _long_poll(
-        self, caller: Caller, host_identifier: str | None
+        self, caller: Caller, host_identifier: str | None, *, taking: bool = False
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.long_poll_seconds
@@ -367,7 +369,9 @@ class AgentApi:
         if host is not None and hub.is_quiet(host.instance.name):
             host = self.service.quiet_host(caller, host_identifier, host)
         else:
-            found = await self._lookers.run(lambda: self.service.poll(caller, host_identifier))
+            found = await self._lookers.run(
+                lambda: self.service.poll(caller, host_identifier, taking=taking)
+            )
             host = found.host
             if found.command is not None or hub.closing:
                 return found.command

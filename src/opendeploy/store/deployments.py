@@ -50,6 +50,7 @@ __all__ = [
     "next_command_for",
     "overdue_commands",
     "revisions_deployed_to",
+    "running_commands",
     "set_details",
     "status_counts",
     "target_from_row",
@@ -325,6 +326,20 @@ def next_command_for(
     if not claimed.rowcount:
         return None
     return replace(command_from_row(row), dispatched_time=now)
+
+
+_RUNNING = select(host_commands).where(
+    and_(
+        host_commands.c.instance_name == bindparam("b_instance"),
+        host_commands.c.status == CommandStatus.IN_PROGRESS.value,
+    )
+)
+
+
+def running_commands(connection: Connection, instance_name: str) -> list[HostCommand]:
+    """The instance's commands acknowledged and not completed."""
+    rows = connection.execute(_RUNNING, {"b_instance": instance_name}).all()
+    return [command_from_row(row) for row in rows]
 
 
 def overdue_commands(connection: Connection) -> list[tuple[HostCommand, str]]:

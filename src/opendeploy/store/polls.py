@@ -8,7 +8,7 @@ something, without claiming it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Float, Row, and_, bindparam, exists, or_, select
 
@@ -17,10 +17,11 @@ from opendeploy.core.model import OnPremisesInstance
 from opendeploy.store.tables import host_commands, instances
 
 __all__ = [
+    "Commands",
+    "commands_of",
     "has_waiting_command",
     "instance_of_user",
     "look",
-    "waiting_and_pending",
     "waiting_condition",
 ]
 
@@ -48,6 +49,28 @@ def _pending(instance_name: Any) -> Any:
     )
 
 
+def _running(instance_name: Any) -> Any:
+    """Any command acknowledged and not completed: one the host's agent is running, or lost
+    (``AgentService.poll`` with ``taking``)."""
+    return and_(
+        host_commands.c.instance_name == instance_name,
+        host_commands.c.status == CommandStatus.IN_PROGRESS.value,
+    )
+
+
+class Commands(NamedTuple):
+    """What a poll's look knows of the host's commands."""
+
+    #: One waits to be handed over now (``next_command_for`` would find it).
+    waiting: bool
+    #: One is not yet acknowledged (waiting, or handed over and not yet due again).
+    pending: bool
+    #: One is acknowledged and not completed.
+    running: bool
+
+
+NO_COMMANDS = Commands(waiting=False, pending=False, running=False)
+
 _INSTANCE_COLUMNS = (
     instances.c.name,
     instances.c.instance_arn,
@@ -60,14 +83,16 @@ _OF_USER = and_(
 )
 _INSTANCE_OF_USER = select(*_INSTANCE_COLUMNS).where(_OF_USER)
 _WAITING = select(host_commands.c.id).where(waiting_condition(bindparam("instance_name"))).limit(1)
-_WAITING_AND_PENDING = select(
+_COMMANDS = select(
     exists().where(waiting_condition(bindparam("instance_name"))).label("waiting"),
     exists().where(_pending(bindparam("instance_name"))).label("pending"),
+    exists().where(_running(bindparam("instance_name"))).label("running"),
 )
 _LOOK = select(
     *_INSTANCE_COLUMNS,
     exists().where(waiting_condition(instances.c.name)).label("waiting"),
     exists().where(_pending(instances.c.name)).label("pending"),
+    exists().where(_running(instances.c.name)).label("running"),
 ).where(_OF_USER)
 
 
@@ -81,29 +106,31 @@ def _instance(row: Row[Any]) -> OnPremisesInstance:
     )
 
 
+def _commands(row: Row[Any]) -> Commands:
+    return Commands(bool(row.waiting), bool(row.pending), bool(row.running))
+
+
 def look(
     connection: Connection, user_arn: str, *, now: float, redeliver_after: float
-) -> tuple[OnPremisesInstance | None, bool, bool]:
+) -> tuple[OnPremisesInstance | None, Commands]:
     """A poll's first look, in one statement: the registered instance bound to the IAM user
-    ARN (without its tags), whether a command waits for it, and whether it has any command
-    not yet acknowledged (waiting, or handed over and not yet due again)."""
+    ARN (without its tags) and what it has of commands."""
     row = connection.execute(
         _LOOK, {"user_arn": user_arn, "handed_before": now - redeliver_after}
     ).first()
     if row is None:
-        return None, False, False
-    return _instance(row), bool(row.waiting), bool(row.pending)
+        return None, NO_COMMANDS
+    return _instance(row), _commands(row)
 
 
-def waiting_and_pending(
+def commands_of(
     connection: Connection, instance_name: str, *, now: float, redeliver_after: float
-) -> tuple[bool, bool]:
-    """``look``'s two answers about commands, for an instance already known."""
+) -> Commands:
+    """``look``'s answer about commands, for an instance already known."""
     row = connection.execute(
-        _WAITING_AND_PENDING,
-        {"instance_name": instance_name, "handed_before": now - redeliver_after},
+        _COMMANDS, {"instance_name": instance_name, "handed_before": now - redeliver_after}
     ).one()
-    return bool(row.waiting), bool(row.pending)
+    return _commands(row)
 
 
 def instance_of_user(connection: Connection, user_arn: str) -> OnPremisesInstance | None:

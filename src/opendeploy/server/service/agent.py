@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from opendeploy.bundles.store import BundleNotFound, sha256_from_location
 from opendeploy.core.deployments import CommandStatus, Deployment, HostCommand
 from opendeploy.core.engine import CommandAcked, CommandCompleted
 from opendeploy.core.errors import ServiceError
+from opendeploy.core.lifecycle import AGENT_RESTARTED
 from opendeploy.core.model import OnPremisesInstance
 from opendeploy.server.service.batches import Batches, Job
 from opendeploy.server.service.context import Caller, ServiceContext
@@ -34,6 +36,8 @@ __all__ = [
     "Look",
 ]
 
+log = logging.getLogger(__name__)
+
 #: A command handed to an agent that never acknowledged it is handed over again after this.
 REDELIVER_AFTER_SECONDS = 60.0
 #: Signed specifications (and their deployments' hosts) kept in memory, and for how long.
@@ -43,6 +47,11 @@ SPEC_CACHE_SECONDS = 30.0
 HOST_CACHE_SIZE = 50_000
 #: Commands handed over by this process kept in memory at most (the map is emptied past this).
 HANDED_CACHE_SIZE = 50_000
+#: Why a command the agent lost before beginning it failed (``AgentService.poll``).
+LOST_MESSAGE = (
+    "Failed: the agent took new work without having begun this lifecycle event (it stopped or "
+    "restarted after receiving it); the event was not run."
+)
 #: The one lane of hand-overs (commands of any host).
 _HAND_OVERS = "hand-overs"
 
@@ -189,22 +198,31 @@ class AgentService:
                     )
         return self._signer
 
-    def poll(self, caller: Caller, host_identifier: str | None = None) -> Look:
+    def poll(
+        self, caller: Caller, host_identifier: str | None = None, *, taking: bool = False
+    ) -> Look:
         """A poll's first look: the caller's host, its next command (handed over) if any, and
         whether it has any command not yet acknowledged.
 
         The host and its commands are one read transaction; only a command found costs a
         write. The poll is contact.
+
+        ``taking`` (TakeHostCommand, OpenDeploy's agent): the agent takes work only when it
+        runs none and has reported every event it began, so a command of the host still
+        acknowledged and not completed is one it lost before beginning it (stopped or killed
+        between receiving it with a completion's answer and journaling it, say). Such a
+        command would hold its deployment for ever: the agent keeps polling, so no heartbeat
+        is lost. It is failed now with the agent-restart code, and never run.
         """
         now = self.ctx.clock()
         host = self._cached_host(caller, host_identifier)
         with self.ctx.db.read() as connection:
             if host is None:
-                instance, waiting, pending = polls.look(
+                instance, commands = polls.look(
                     connection, caller.arn, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
                 )
             else:
-                waiting, pending = polls.waiting_and_pending(
+                commands = polls.commands_of(
                     connection,
                     host.instance.name,
                     now=now,
@@ -213,8 +231,33 @@ class AgentService:
         if host is None:
             host = self._remember(caller, instance)
         self.contacts.note(host.instance.name, now)
-        command = self._hand_over(host, now) if waiting else None
-        return Look(host, command, pending or command is not None)
+        if taking and commands.running:
+            self._fail_lost(host)
+        command = self._hand_over(host, now) if commands.waiting else None
+        return Look(host, command, commands.pending or command is not None)
+
+    def _fail_lost(self, host: Host) -> None:
+        with self.ctx.db.read() as connection:
+            lost = store.running_commands(connection, host.instance.name)
+        for command in lost:
+            self._handed_over.pop(command.command_id, None)
+            log.warning(
+                "%s took new work with %s (%s) acknowledged and never reported: failing it",
+                host.instance.name,
+                command.command_id,
+                command.event,
+            )
+            feed(
+                self.ctx,
+                command.deployment_id,
+                CommandCompleted(
+                    command_id=command.command_id,
+                    succeeded=False,
+                    agent_code=AGENT_RESTARTED,
+                    message=LOST_MESSAGE,
+                    instance_name=command.instance_name,
+                ),
+            )
 
     def quiet_host(self, caller: Caller, host_identifier: str | None, host: Host) -> Host:
         """A poll of a host known to have nothing pending (``PollHub.is_quiet``), answered
