@@ -4,6 +4,7 @@ driven by the real ``aws`` CLI."""
 from __future__ import annotations
 
 import configparser
+import gc
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 from botocore.config import Config
 
+from opendeploy.cli.server import GC_THRESHOLDS, tune_garbage_collector
 from opendeploy.settings import ServerSettings
 
 REGION = "us-east-1"
@@ -483,3 +485,14 @@ def test_the_per_deployment_ceiling_reaches_the_engine(tmp_path: Path) -> None:
     finally:
         context.db.dispose()
     assert ServerSettings.from_env({}, data_dir=tmp_path).max_instances_per_deployment == 1000
+
+
+def test_the_server_collects_garbage_rarely_and_never_walks_start_up_objects_again() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 10_000, "start-up's objects are frozen"
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

