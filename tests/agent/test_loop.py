@@ -706,6 +706,35 @@ def test_stopping_an_idle_agent_does_not_wait_for_the_long_poll(
     assert time.monotonic() - started < 1
 
 
+def test_stopping_does_not_wait_for_the_report_of_an_earlier_event(
+    config: AgentConfig, client: FakeClient, executor: FakeExecutor
+) -> None:
+    """Reporting the journal retries for as long as the completion window; a first stop
+    request ends the agent at once all the same (the entry is reported at the next start)."""
+    Journal(config.root_dir).begin("d-CRASH0003", "hc-crashed", "AfterInstall")
+    release = threading.Event()
+
+    def unreachable(*args: Any, **kwargs: Any) -> CompleteResult:
+        client.calls.append(("complete",))
+        release.wait(10)
+        return CompleteResult.ABANDONED
+
+    client.complete = unreachable  # type: ignore[method-assign]
+    agent = make_agent(config, client, executor)
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(agent.run_forever()))
+    runner.start()
+    _wait(lambda: client.calls)
+    started = time.monotonic()
+    agent.request_stop()
+    runner.join(2)
+    release.set()
+    assert result == [0]
+    assert time.monotonic() - started < 1
+    assert client.names() == ["complete"], "no poll"
+    assert len(Journal(config.root_dir).entries()) == 1
+
+
 def _wait(condition: Any, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

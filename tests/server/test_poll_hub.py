@@ -28,7 +28,9 @@ class WokenWhileLooking:
         self.hub = hub
         self.claims = 0
 
-    def poll(self, caller: Caller, host_identifier: str | None, *, taking: bool = False) -> Look:
+    def poll(
+        self, caller: Caller, host_identifier: str | None, *, took_at: float | None = None
+    ) -> Look:
         self.hub.notify([HOST.instance.name])
         time.sleep(0.05)  # the wake-up is handled on the loop before the waiter exists
         return Look(HOST, None, pending=False)
@@ -47,7 +49,9 @@ class Idle:
         self.quiet_polls = 0
         self.pending = pending
 
-    def poll(self, caller: Caller, host_identifier: str | None, *, taking: bool = False) -> Look:
+    def poll(
+        self, caller: Caller, host_identifier: str | None, *, took_at: float | None = None
+    ) -> Look:
         self.looks += 1
         return Look(HOST, None, pending=self.pending)
 

@@ -1,8 +1,9 @@
 """The on-disk record of the in-flight host command, for crash recovery.
 
 ``<root>/ongoing-deployment/<deployment_id>`` is written (atomically) before a command runs
-and removed once its PutHostCommandComplete has been stored by the server. On start-up, before
-polling, the agent reports every entry it finds:
+and removed once its PutHostCommandComplete has been stored by the server. On start-up, and
+after a completion it could not deliver, the agent reports every entry it finds before it
+polls again (a poll tells our server that no event the agent began is left unreported):
 
 * an entry without a result means the agent died while the command ran: it is reported as
   ``Failed`` with error code 7, "Failed: Failing in-progress lifecycle event after an agent

@@ -281,7 +281,11 @@ class Agent:
         if self._stopping:
             return Step.STOPPED
         if not self._recovered:
-            self._recovered = self.recover()
+            try:
+                # A stop request must not wait for the completions' retry window.
+                self._recovered = self._wait_for(self.recover, stop_on=lambda: self._stopping)
+            except _Stopped:
+                return Step.STOPPED
             if not self._recovered:
                 # An event this agent began is not reported yet: it takes no work until it
                 # is, since a take tells the server that no command it acknowledged is running
@@ -322,6 +326,8 @@ class Agent:
             except Exception:
                 log.exception("handling command %s failed", current.get("HostCommandIdentifier"))
                 following = None
+                # Whatever it journaled is reported before the next take.
+                self._recovered = False
             acknowledged, specification = True, None
         return Step.COMMAND
 

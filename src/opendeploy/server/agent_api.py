@@ -303,9 +303,8 @@ class AgentApi:
 
     async def _dispatch(self, operation: str, caller: Caller, params: dict[str, Any]) -> Any:
         if operation in ("PollHostCommand", "TakeHostCommand"):
-            command = await self._long_poll(
-                caller, params.get("HostIdentifier"), taking=operation == "TakeHostCommand"
-            )
+            took_at = self.service.ctx.clock() if operation == "TakeHostCommand" else None
+            command = await self._long_poll(caller, params.get("HostIdentifier"), took_at=took_at)
             if command is None:
                 return {}
             if operation == "PollHostCommand":
@@ -359,7 +358,7 @@ class AgentApi:
         raise ServiceError("UnknownOperationException", f"{operation} is not served here.")
 
     async def _long_poll(
-        self, caller: Caller, host_identifier: str | None, *, taking: bool = False
+        self, caller: Caller, host_identifier: str | None, *, took_at: float | None = None
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.long_poll_seconds
@@ -370,7 +369,7 @@ class AgentApi:
             host = self.service.quiet_host(caller, host_identifier, host)
         else:
             found = await self._lookers.run(
-                lambda: self.service.poll(caller, host_identifier, taking=taking)
+                lambda: self.service.poll(caller, host_identifier, took_at=took_at)
             )
             host = found.host
             if found.command is not None or hub.closing:

@@ -50,8 +50,11 @@ HANDED_CACHE_SIZE = 50_000
 #: Why a command the agent lost before beginning it failed (``AgentService.poll``).
 LOST_MESSAGE = (
     "Failed: the agent took new work without having begun this lifecycle event (it stopped or "
-    "restarted after receiving it); the event was not run."
+    "restarted after receiving it, or lost the answer to its acknowledgement); the event was "
+    "not run."
 )
+#: A take fails only commands acknowledged this long before it arrived (replicas' clocks).
+LOST_MARGIN_SECONDS = 2.0
 #: The one lane of hand-overs (commands of any host).
 _HAND_OVERS = "hand-overs"
 
@@ -199,7 +202,7 @@ class AgentService:
         return self._signer
 
     def poll(
-        self, caller: Caller, host_identifier: str | None = None, *, taking: bool = False
+        self, caller: Caller, host_identifier: str | None = None, *, took_at: float | None = None
     ) -> Look:
         """A poll's first look: the caller's host, its next command (handed over) if any, and
         whether it has any command not yet acknowledged.
@@ -207,12 +210,15 @@ class AgentService:
         The host and its commands are one read transaction; only a command found costs a
         write. The poll is contact.
 
-        ``taking`` (TakeHostCommand, OpenDeploy's agent): the agent takes work only when it
-        runs none and has reported every event it began, so a command of the host still
-        acknowledged and not completed is one it lost before beginning it (stopped or killed
-        between receiving it with a completion's answer and journaling it, say). Such a
-        command would hold its deployment for ever: the agent keeps polling, so no heartbeat
-        is lost. It is failed now with the agent-restart code, and never run.
+        ``took_at`` (TakeHostCommand, OpenDeploy's agent: when the take arrived): the agent
+        takes work only when it runs none and has reported every event it began, so a
+        command of the host acknowledged before the take and not completed is one it lost
+        before beginning it (stopped or killed between receiving it with a completion's
+        answer and journaling it, say, or the acknowledgement's answer lost). Such a command
+        would hold its deployment for ever: the agent keeps polling, so no heartbeat is lost.
+        It is failed now with the agent-restart code, and never run. A command acknowledged
+        after the take arrived (less ``LOST_MARGIN_SECONDS`` for replicas' clocks) is left
+        alone: the take may be a late one, whose agent polled again meanwhile and runs it.
         """
         now = self.ctx.clock()
         host = self._cached_host(caller, host_identifier)
@@ -231,14 +237,19 @@ class AgentService:
         if host is None:
             host = self._remember(caller, instance)
         self.contacts.note(host.instance.name, now)
-        if taking and commands.running:
-            self._fail_lost(host)
+        spared = False
+        if took_at is not None and commands.running:
+            spared = self._fail_lost(host, acked_before=took_at - LOST_MARGIN_SECONDS)
         command = self._hand_over(host, now) if commands.waiting else None
-        return Look(host, command, commands.pending or command is not None)
+        # A host with a command spared is not quiet: its next take looks again.
+        return Look(host, command, commands.pending or spared or command is not None)
 
-    def _fail_lost(self, host: Host) -> None:
+    def _fail_lost(self, host: Host, *, acked_before: float) -> bool:
+        """Fail the host's commands acknowledged before ``acked_before`` and not completed;
+        whether any acknowledged later was spared."""
         with self.ctx.db.read() as connection:
-            lost = store.running_commands(connection, host.instance.name)
+            running = store.running_commands(connection, host.instance.name)
+        lost = [c for c in running if c.acked_time is not None and c.acked_time < acked_before]
         for command in lost:
             self._handed_over.pop(command.command_id, None)
             log.warning(
@@ -258,6 +269,7 @@ class AgentService:
                     instance_name=command.instance_name,
                 ),
             )
+        return len(lost) < len(running)
 
     def quiet_host(self, caller: Caller, host_identifier: str | None, host: Host) -> Host:
         """A poll of a host known to have nothing pending (``PollHub.is_quiet``), answered
