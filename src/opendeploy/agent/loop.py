@@ -290,24 +290,14 @@ class Agent:
                 # An event this agent began is not reported yet: it takes no work until it
                 # is, since a take tells the server that no command it acknowledged is running
                 # here (``AgentService.poll``).
-                self.poll_errors += 1
-                delay = self.poll_backoff.delay(min(self.poll_errors - 1, 10))
-                log.warning("events of an earlier run are not reported yet; again in %.1f s", delay)
-                self._sleep(delay)
-                return Step.ERROR
+                return self._back_off("events begun earlier are not reported yet")
         started = time.monotonic()
         try:
             polled = self._wait_for(self.client.take, stop_on=lambda: self._stopping)
         except _Stopped:
             return Step.STOPPED
         except (CommandServiceError, Aborted) as exc:
-            self.poll_errors += 1
-            delay = self.poll_backoff.delay(min(self.poll_errors - 1, 10))
-            log.warning(
-                "poll failed (%d in a row): %s; next poll in %.1f s", self.poll_errors, exc, delay
-            )
-            self._sleep(delay)
-            return Step.ERROR
+            return self._back_off(f"poll failed: {exc}")
         self.poll_errors = 0
         if polled is None:
             elapsed = time.monotonic() - started
@@ -330,6 +320,14 @@ class Agent:
                 self._recovered = False
             acknowledged, specification = True, None
         return Step.COMMAND
+
+    def _back_off(self, why: str) -> Step:
+        """Wait longer after each failed step in a row before the next poll."""
+        self.poll_errors += 1
+        delay = self.poll_backoff.delay(min(self.poll_errors - 1, 10))
+        log.warning("%s (%d in a row); next poll in %.1f s", why, self.poll_errors, delay)
+        self._sleep(delay)
+        return Step.ERROR
 
     def recover(self) -> bool:
         """Report the journal's entries (code 7, or their recorded result); True when done."""

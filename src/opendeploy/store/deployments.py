@@ -22,7 +22,7 @@ from opendeploy.core.deployments import (
 from opendeploy.core.errors import Conflict
 from opendeploy.core.planner import InstanceHealth
 from opendeploy.core.revisions import revision_identity
-from opendeploy.store.polls import waiting_condition
+from opendeploy.store.polls import running_condition, waiting_condition
 from opendeploy.store.tables import (
     command_logs,
     deployment_targets,
@@ -328,12 +328,7 @@ def next_command_for(
     return replace(command_from_row(row), dispatched_time=now)
 
 
-_RUNNING = select(host_commands).where(
-    and_(
-        host_commands.c.instance_name == bindparam("b_instance"),
-        host_commands.c.status == CommandStatus.IN_PROGRESS.value,
-    )
-)
+_RUNNING = select(host_commands).where(running_condition(bindparam("b_instance")))
 
 
 def running_commands(connection: Connection, instance_name: str) -> list[HostCommand]:

@@ -22,6 +22,7 @@ __all__ = [
     "has_waiting_command",
     "instance_of_user",
     "look",
+    "running_condition",
     "waiting_condition",
 ]
 
@@ -49,9 +50,9 @@ def _pending(instance_name: Any) -> Any:
     )
 
 
-def _running(instance_name: Any) -> Any:
-    """Any command acknowledged and not completed: one the host's agent is running, or lost
-    (``AgentService.poll`` with ``taking``)."""
+def running_condition(instance_name: Any) -> Any:
+    """A command acknowledged and not completed: one the host's agent is running, or one it
+    lost (``AgentService.poll`` with ``took_at``)."""
     return and_(
         host_commands.c.instance_name == instance_name,
         host_commands.c.status == CommandStatus.IN_PROGRESS.value,
@@ -86,13 +87,13 @@ _WAITING = select(host_commands.c.id).where(waiting_condition(bindparam("instanc
 _COMMANDS = select(
     exists().where(waiting_condition(bindparam("instance_name"))).label("waiting"),
     exists().where(_pending(bindparam("instance_name"))).label("pending"),
-    exists().where(_running(bindparam("instance_name"))).label("running"),
+    exists().where(running_condition(bindparam("instance_name"))).label("running"),
 )
 _LOOK = select(
     *_INSTANCE_COLUMNS,
     exists().where(waiting_condition(instances.c.name)).label("waiting"),
     exists().where(_pending(instances.c.name)).label("pending"),
-    exists().where(_running(instances.c.name)).label("running"),
+    exists().where(running_condition(instances.c.name)).label("running"),
 ).where(_OF_USER)
 
 
