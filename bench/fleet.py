@@ -4,14 +4,16 @@ For every N it starts a real ``opendeploy server`` process on a fresh database (
 temporary data dir, or a throwaway database on the PostgreSQL server --database-url names),
 registers N hosts through the API (IAM user, agent policy, access key,
 RegisterOnPremisesInstance; a thread pool of boto3 clients), then runs N simulated agents in
-this process: asyncio + httpx, every request SigV4-signed with botocore's SigV4Auth, hooks
-instant. Each agent speaks as OpenDeploy's agent does: TakeHostCommand (the long poll, whose
-command comes with the deployment's specification) -> PutHostCommandAcknowledgement, then for
-every event PutHostCommandCompleteAndTakeNext, whose answer carries the host's next command
-of the deployment already acknowledged (one request per lifecycle event); with
-``--stock-protocol`` as the stock CodeDeploy agent does: poll, acknowledgement and
-PutHostCommandComplete for every event. The agents start spread over one long-poll period, so
-their polls are out of phase as in a real fleet. Measured:
+this process: asyncio + aiohttp, every request SigV4-signed by the agent's own signer
+(``opendeploy.agent.transport.Signer``, as real agents sign), hooks instant. Real agents run on
+hosts of their own; the simulator shares this machine's cores with the server, so it is kept
+cheap (its CPU is printed beside the server's). Each agent speaks as OpenDeploy's agent does:
+TakeHostCommand (the long poll, whose command comes with the deployment's specification) ->
+PutHostCommandAcknowledgement, then for every event PutHostCommandCompleteAndTakeNext, whose
+answer carries the host's next command of the deployment already acknowledged (one request per
+lifecycle event); with ``--stock-protocol`` as the stock CodeDeploy agent does: poll,
+acknowledgement and PutHostCommandComplete for every event. The agents start spread over one
+long-poll period, so their polls are out of phase as in a real fleet. Measured:
 
 - idle: over --idle-seconds with N agents long-polling: requests/s the agents sent, server CPU
   (% of one core), PostgreSQL's CPU (the backends connected to the bench's database), server
@@ -57,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -73,12 +76,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import sqlalchemy as sa
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from opendeploy.agent.transport import Signer
 from opendeploy.localfleet import REGION, LocalFleet, LocalServer, start_server
 from opendeploy.store.database import make_sqlite_url
 
@@ -238,7 +240,7 @@ class Stats:
 
 class SimAgent:
     def __init__(
-        self, host: Host, endpoint: str, http: httpx.AsyncClient, stats: Stats, *, stock: bool
+        self, host: Host, endpoint: str, http: aiohttp.ClientSession, stats: Stats, *, stock: bool
     ) -> None:
         self.host = host
         #: Speak only the stock agent's operations (else take each next command with the
@@ -247,7 +249,10 @@ class SimAgent:
         self.url = endpoint + "/"
         self.http = http
         self.stats = stats
-        self.auth = SigV4Auth(host.credentials, "codedeploy-commands", REGION)
+        self.signer = Signer(
+            host.credentials.access_key, host.credentials.secret_key, REGION, "codedeploy-commands"
+        )
+        self.netloc = endpoint.partition("://")[2]
         self.specs: set[str] = set()
 
     async def call(
@@ -263,7 +268,7 @@ class SimAgent:
         for attempt in range(1, attempts + 1):
             try:
                 return await self._call(operation, params, prefix)
-            except (httpx.HTTPError, RuntimeError) as error:
+            except (aiohttp.ClientError, TimeoutError, RuntimeError) as error:
                 if attempt == attempts:
                     raise
                 self.stats.error(error)
@@ -272,25 +277,23 @@ class SimAgent:
 
     async def _call(self, operation: str, params: dict[str, Any], prefix: str) -> dict[str, Any]:
         body = json.dumps(params).encode()
-        request = AWSRequest(
-            method="POST",
-            url=self.url,
-            data=body,
-            headers={"Content-Type": JSON_TYPE, "X-Amz-Target": prefix + operation},
-        )
-        self.auth.add_auth(request)
+        headers = {
+            "Host": self.netloc,
+            "Content-Type": JSON_TYPE,
+            "X-Amz-Target": prefix + operation,
+        }
+        self.signer.sign("POST", "/", headers, hashlib.sha256(body).hexdigest())
         self.stats.requests += 1
         started = time.monotonic()
-        response = await self.http.post(
-            self.url, content=body, headers=dict(request.headers.items())
-        )
+        async with self.http.post(self.url, data=body, headers=headers) as response:
+            content = await response.read()
         is_poll = operation in ("PollHostCommand", "TakeHostCommand")
-        if not is_poll or b"HostCommand" in response.content:
+        if not is_poll or b"HostCommand" in content:
             elapsed = time.monotonic() - started
             self.stats.by_operation.setdefault(operation, []).append(elapsed)
-        if response.status_code != 200:
-            raise RuntimeError(f"{operation}: HTTP {response.status_code} {response.text[:200]}")
-        result: dict[str, Any] = response.json()
+        if response.status != 200:
+            raise RuntimeError(f"{operation}: HTTP {response.status} {content[:200]!r}")
+        result: dict[str, Any] = json.loads(content)
         return result
 
     async def run(self, delay: float, last_event: str) -> None:
@@ -528,19 +531,21 @@ async def run_fleet(
             onPremisesInstanceTagFilters=[{"Key": tag, "Value": "on", "Type": "KEY_AND_VALUE"}],
         )
         stats = Stats()
-        # One client (one connection) per agent, as real agents have: one pool of N connections
-        # costs the simulator O(N) per request (httpcore scans its pool), a CPU-bound simulator
-        # on a shared machine. Idle connections are dropped before the server's 5 s keep-alive
-        # timeout would: a request sent as the server closes the connection fails.
-        limits = httpx.Limits(max_connections=2, keepalive_expiry=3.0)
-        timeout = httpx.Timeout(long_poll + 30, connect=30)
+        # One session (one connection) per agent, as real agents have. Idle connections are
+        # dropped before the server's 5 s keep-alive timeout would: a request sent as the server
+        # closes the connection fails.
+        timeout = aiohttp.ClientTimeout(total=long_poll + 30, connect=30)
         async with contextlib.AsyncExitStack() as clients:
             agents = [
                 SimAgent(
                     host,
                     started[index % len(started)].endpoint,
                     await clients.enter_async_context(
-                        httpx.AsyncClient(limits=limits, timeout=timeout)
+                        aiohttp.ClientSession(
+                            connector=aiohttp.TCPConnector(limit=2, keepalive_timeout=3.0),
+                            timeout=timeout,
+                            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                        )
                     ),
                     stats,
                     stock=stock,
