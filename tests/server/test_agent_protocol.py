@@ -700,39 +700,63 @@ def test_a_command_handed_over_but_not_acknowledged_is_not_handed_over_again_at_
     assert "HostCommand" not in again
 
 
-def test_a_waiting_long_poll_is_woken_by_create_deployment(patient_fleet: Fleet) -> None:
+def test_waiting_long_polls_are_woken_by_create_deployment_each_with_its_command(
+    patient_fleet: Fleet,
+) -> None:
+    """Polls woken together are looked for together (one claim): each host gets its own
+    command, and a host outside the deployment keeps waiting."""
     site = patient_fleet.site
     group = patient_fleet.group()
-    [host] = patient_fleet.hosts(group, 1)
-    client = agentsim.agent_client(site.server, host)
-    answers: list[tuple[float, dict[str, Any]]] = []
+    hosts = patient_fleet.hosts(group, 3)
+    [outsider] = patient_fleet.hosts(patient_fleet.group(), 1)
+    answers: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    def poll() -> None:
-        answers.append((0.0, client.poll_host_command(HostIdentifier=host.arn)))
-        answers[-1] = (time.monotonic(), answers[-1][1])
+    def poll(host: Host) -> None:
+        client = agentsim.agent_client(site.server, host)
+        response = client.poll_host_command(HostIdentifier=host.arn)
+        answers[host.name] = (time.monotonic(), response)
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    pollers = [threading.Thread(target=poll, args=(h,), daemon=True) for h in [*hosts, outsider]]
+    for poller in pollers:
+        poller.start()
     # The server records the contact once it holds the poll (its waiter is registered first).
     database = Database(site.database_url)
     try:
-        agentsim.wait_for(
-            lambda: _last_contact(database, host.name), what="the server to hold the poll"
-        )
+        for host in [*hosts, outsider]:
+            agentsim.wait_for(
+                lambda h=host: _last_contact(database, h.name),  # type: ignore[misc]
+                what=f"the server to hold {host.name}'s poll",
+            )
     finally:
         database.dispose()
     time.sleep(0.2)
-    assert not answers, "the poll answered before there was work"
+    assert not answers, "a poll answered before there was work"
 
     created = time.monotonic()
     deployment_id = group.deploy(agentsim.s3_revision())
-    poller.join(timeout=25)
+    for poller in pollers[:-1]:
+        poller.join(timeout=25)
 
-    assert answers, "the long poll was not answered"
-    answered, response = answers[0]
-    # Well before the 30 s long poll, and before the server's 5 s re-check would answer it.
-    assert answered - created < 4.0
-    assert response["HostCommand"]["DeploymentExecutionId"].endswith(deployment_id)
+    assert sorted(answers) == sorted(host.name for host in hosts), "the polls were not answered"
+    commands: dict[str, str] = {}
+    for host in hosts:
+        answered, response = answers[host.name]
+        # Well before the 30 s long poll, and before the server's 5 s re-check would answer it.
+        assert answered - created < 4.0
+        command = response["HostCommand"]
+        assert command["HostIdentifier"] == host.arn
+        assert command["DeploymentExecutionId"].endswith(deployment_id)
+        commands[command["HostCommandIdentifier"]] = host.name
+    assert len(commands) == len(hosts)
+    database = Database(site.database_url)
+    try:
+        with database.read() as connection:
+            for command_id, name in commands.items():
+                stored = store.command_by_id(connection, command_id)
+                assert stored is not None and stored.instance_name == name
+    finally:
+        database.dispose()
+    assert pollers[-1].is_alive(), "the host outside the deployment was answered"
 
 
 def _last_contact(database: Database, name: str) -> float | None:

@@ -35,9 +35,9 @@ class WokenWhileLooking:
         time.sleep(0.05)  # the wake-up is handled on the loop before the waiter exists
         return Look(HOST, None, pending=False)
 
-    def claim(self, host: Host) -> Any:
+    def claim(self, hosts: list[Host]) -> list[Any]:
         self.claims += 1
-        return COMMAND
+        return [COMMAND for _ in hosts]
 
 
 class Idle:
@@ -59,9 +59,9 @@ class Idle:
         self.quiet_polls += 1
         return host
 
-    def claim(self, host: Host) -> Any:
+    def claim(self, hosts: list[Host]) -> list[Any]:
         self.claims += 1
-        return None
+        return [None for _ in hosts]
 
 
 def _api(service: Any, hub: PollHub, long_poll_seconds: float) -> AgentApi:
@@ -194,3 +194,66 @@ def test_held_polls_look_again_when_listen_goes_down_or_comes_back() -> None:
         return service.looks, service.claims
 
     assert asyncio.run(scenario()) == (1, 2)
+
+
+def _caller_and_host(index: int) -> tuple[Caller, Host]:
+    arn = f"arn:aws:iam::1:user/agent-{index}"
+    caller = Caller(user_name=f"agent-{index}", arn=arn, policies=frozenset(), access_key_id="AK")
+    instance = OnPremisesInstance(
+        name=f"web-{index}", instance_arn=f"arn:i{index}", register_time=1
+    )
+    return caller, Host(instance=instance, identifier=arn)
+
+
+class Fleet:
+    """Many hosts, each found with a command handed over (held polls look at every wake-up);
+    ``claim`` records each job's hosts, and fails the jobs ``failing`` counts down."""
+
+    def __init__(self, count: int) -> None:
+        self.hosts = dict(_caller_and_host(index) for index in range(count))
+        self.jobs: list[list[str]] = []
+        self.failing = 0
+
+    def poll(
+        self, caller: Caller, host_identifier: str | None, *, took_at: float | None = None
+    ) -> Look:
+        return Look(self.hosts[caller], None, pending=True)
+
+    def claim(self, hosts: list[Host]) -> list[Any]:
+        self.jobs.append([host.instance.name for host in hosts])
+        time.sleep(0.02)
+        if self.failing:
+            self.failing -= 1
+            raise RuntimeError("database is locked")
+        return [{"HostCommandIdentifier": f"c-{host.instance.name}"} for host in hosts]
+
+
+def _wake_all(fleet: Fleet, hub: PollHub, api: AgentApi) -> list[Any]:
+    """Every host's poll held, then all woken at once; what each poll answered."""
+
+    async def scenario() -> list[Any]:
+        polls = [asyncio.create_task(api._long_poll(caller, caller.arn)) for caller in fleet.hosts]
+        while hub.waiting < len(polls):
+            await asyncio.sleep(0.01)
+        hub.wake_local([host.instance.name for host in fleet.hosts.values()])
+        return await asyncio.gather(*polls, return_exceptions=True)
+
+    return asyncio.run(scenario())
+
+
+def test_polls_woken_together_are_looked_for_in_one_job_each_getting_its_command() -> None:
+    hub, fleet = PollHub(), Fleet(50)
+    answers = _wake_all(fleet, hub, _api(fleet, hub, 10.0))
+    assert fleet.jobs == [[host.instance.name for host in fleet.hosts.values()]]
+    assert answers == [{"HostCommandIdentifier": f"c-web-{index}"} for index in range(50)]
+
+
+def test_a_failed_claim_job_fails_its_polls_and_the_next_job_runs() -> None:
+    hub, fleet = PollHub(), Fleet(3)
+    fleet.failing = 1
+    api = _api(fleet, hub, 10.0)
+    failed = _wake_all(fleet, hub, api)
+    assert all(isinstance(answer, RuntimeError) for answer in failed)
+    answered = _wake_all(fleet, hub, api)
+    assert answered == [{"HostCommandIdentifier": f"c-web-{index}"} for index in range(3)]
+    assert len(fleet.jobs) == 2
