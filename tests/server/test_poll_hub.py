@@ -213,6 +213,7 @@ class Fleet:
         self.hosts = dict(_caller_and_host(index) for index in range(count))
         self.jobs: list[list[str]] = []
         self.failing = 0
+        self.seconds = 0.02
 
     def poll(
         self, caller: Caller, host_identifier: str | None, *, took_at: float | None = None
@@ -221,30 +222,40 @@ class Fleet:
 
     def claim(self, hosts: list[Host]) -> list[Any]:
         self.jobs.append([host.instance.name for host in hosts])
-        time.sleep(0.02)
+        time.sleep(self.seconds)
         if self.failing:
             self.failing -= 1
             raise RuntimeError("database is locked")
         return [{"HostCommandIdentifier": f"c-{host.instance.name}"} for host in hosts]
 
 
+def _names(indexes: range) -> list[str]:
+    return [f"web-{index}" for index in indexes]
+
+
+async def _held(fleet: Fleet, hub: PollHub, api: AgentApi) -> list[asyncio.Task[Any]]:
+    """Every host's poll, held."""
+    polls = [asyncio.create_task(api._long_poll(caller, caller.arn)) for caller in fleet.hosts]
+    while hub.waiting < len(polls):
+        await asyncio.sleep(0.01)
+    return polls
+
+
 def _wake_all(fleet: Fleet, hub: PollHub, api: AgentApi) -> list[Any]:
     """Every host's poll held, then all woken at once; what each poll answered."""
 
     async def scenario() -> list[Any]:
-        polls = [asyncio.create_task(api._long_poll(caller, caller.arn)) for caller in fleet.hosts]
-        while hub.waiting < len(polls):
-            await asyncio.sleep(0.01)
-        hub.wake_local([host.instance.name for host in fleet.hosts.values()])
+        polls = await _held(fleet, hub, api)
+        hub.wake_local(_names(range(len(polls))))
         return await asyncio.gather(*polls, return_exceptions=True)
 
-    return asyncio.run(scenario())
+    return asyncio.run(asyncio.wait_for(scenario(), 5.0))
 
 
 def test_polls_woken_together_are_looked_for_in_one_job_each_getting_its_command() -> None:
     hub, fleet = PollHub(), Fleet(50)
     answers = _wake_all(fleet, hub, _api(fleet, hub, 10.0))
-    assert fleet.jobs == [[host.instance.name for host in fleet.hosts.values()]]
+    assert fleet.jobs == [_names(range(50))]
     assert answers == [{"HostCommandIdentifier": f"c-web-{index}"} for index in range(50)]
 
 
@@ -257,3 +268,41 @@ def test_a_failed_claim_job_fails_its_polls_and_the_next_job_runs() -> None:
     answered = _wake_all(fleet, hub, api)
     assert answered == [{"HostCommandIdentifier": f"c-web-{index}"} for index in range(3)]
     assert len(fleet.jobs) == 2
+
+
+def test_polls_woken_while_a_claim_job_runs_are_looked_for_together_in_the_next() -> None:
+    hub, fleet = PollHub(), Fleet(12)
+    fleet.seconds = 0.2
+    api = _api(fleet, hub, 10.0)
+
+    async def scenario() -> list[Any]:
+        polls = await _held(fleet, hub, api)
+        hub.wake_local(_names(range(4)))
+        await asyncio.sleep(0.05)
+        hub.wake_local(_names(range(4, 8)))
+        await asyncio.sleep(0.05)
+        hub.wake_local(_names(range(8, 12)))
+        return await asyncio.gather(*polls)
+
+    answers = asyncio.run(asyncio.wait_for(scenario(), 5.0))
+    assert fleet.jobs == [_names(range(4)), _names(range(4, 12))]
+    assert answers == [{"HostCommandIdentifier": f"c-web-{index}"} for index in range(12)]
+
+
+def test_a_poll_cancelled_before_its_claim_job_is_not_looked_for() -> None:
+    hub, fleet = PollHub(), Fleet(3)
+    api = _api(fleet, hub, 10.0)
+
+    async def scenario() -> list[Any]:
+        polls = await _held(fleet, hub, api)
+        hub.wake_local(_names(range(3)))
+        # The polls wake and queue their claims on the next pass; the job starts on the one
+        # after: a poll cancelled in between is left out.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        polls[1].cancel()
+        return await asyncio.gather(*polls, return_exceptions=True)
+
+    answers = asyncio.run(asyncio.wait_for(scenario(), 5.0))
+    assert fleet.jobs == [["web-0", "web-2"]]
+    assert isinstance(answers[1], asyncio.CancelledError)

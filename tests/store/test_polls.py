@@ -20,10 +20,10 @@ def _look(db: Database, user_arn: str, now: float) -> tuple[str | None, bool, bo
         instance, commands = polls.look(connection, user_arn, now=now, redeliver_after=REDELIVER)
         name = None if instance is None else instance.name
         if name is not None:
-            assert (
-                polls.has_waiting_command(connection, name, now=now, redeliver_after=REDELIVER)
-                is commands.waiting
+            among = polls.hosts_with_waiting_commands(
+                connection, [name, "host-elsewhere"], now=now, redeliver_after=REDELIVER
             )
+            assert among == ({name} if commands.waiting else set())
             assert (
                 polls.commands_of(connection, name, now=now, redeliver_after=REDELIVER) == commands
             )

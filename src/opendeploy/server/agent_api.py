@@ -51,8 +51,9 @@ REPLICA_RECHECK_SECONDS = 30.0
 #: Threads that run polls' database looks (short reads).
 POLL_THREADS = 8
 #: Threads that run the other agent calls; a completion's thread waits while its
-#: deployment's batch runs, and the batch holds the completions waiting (Batches).
-CALL_THREADS = 40
+#: deployment's batch runs, and the batch holds the completions waiting (Batches). With the
+#: poll threads, 40: as many as a PostgreSQL replica's connection pool.
+CALL_THREADS = 32
 #: Held polls looked for in one job at most (``_Claims``).
 MAX_CLAIMS = 500
 #: Hosts whose last wake-up is remembered (for polls looking in the database meanwhile).
@@ -276,33 +277,51 @@ class _Claims:
         return answer
 
     def _start(self) -> None:
+        # Polls cancelled meanwhile (the server stopping) are not looked for: a command
+        # handed over to nobody would wait REDELIVER_AFTER_SECONDS to go out again.
+        self._pending = [(host, answer) for host, answer in self._pending if not answer.done()]
         batch = self._pending[:MAX_CLAIMS]
         del self._pending[:MAX_CLAIMS]
+        if not batch:
+            self._running = False
+            return
         hosts = [host for host, _ in batch]
-        job = self._threads.run(lambda: self._claim(hosts))
-        job.add_done_callback(lambda done: self._finished(batch, done))
+        try:
+            job = self._threads.run(lambda: self._claim(hosts))
+        except BaseException as error:
+            self._finished(batch, error, [])
+            return
+        job.add_done_callback(lambda done: self._job_done(batch, done))
 
-    def _finished(
+    def _job_done(
         self,
         batch: list[tuple[Host, asyncio.Future[dict[str, Any] | None]]],
         job: asyncio.Future[Sequence[dict[str, Any] | None]],
     ) -> None:
-        try:
-            error = job.exception()
-            answers = job.result() if error is None else [None] * len(batch)
-            for (_, answer), command in zip(batch, answers, strict=True):
-                if answer.cancelled():
-                    continue
-                if error is not None:
-                    answer.set_exception(error)
-                else:
-                    answer.set_result(command)
-        finally:
-            # Whatever happened to this job, the polls waiting for the next one get it.
-            if self._pending:
-                self._start()
+        error = job.exception()
+        answers = job.result() if error is None else []
+        if error is None and len(answers) != len(batch):
+            error = RuntimeError(f"{len(answers)} claims answered for {len(batch)} polls")
+        self._finished(batch, error, answers)
+
+    def _finished(
+        self,
+        batch: list[tuple[Host, asyncio.Future[dict[str, Any] | None]]],
+        error: BaseException | None,
+        answers: Sequence[dict[str, Any] | None],
+    ) -> None:
+        """Settle the batch's polls, then start the next job; never leaves a poll waiting."""
+        for index, (_, answer) in enumerate(batch):
+            if answer.done():
+                continue
+            if error is not None:
+                answer.set_exception(error)
             else:
-                self._running = False
+                answer.set_result(answers[index])
+        if self._pending:
+            self._start()
+        else:
+            self._running = False
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -8,6 +8,7 @@ something, without claiming it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Float, Row, and_, bindparam, exists, or_, select
@@ -19,7 +20,7 @@ from opendeploy.store.tables import host_commands, instances
 __all__ = [
     "Commands",
     "commands_of",
-    "has_waiting_command",
+    "hosts_with_waiting_commands",
     "instance_of_user",
     "look",
     "running_condition",
@@ -83,7 +84,14 @@ _OF_USER = and_(
     instances.c.iam_user_arn == bindparam("user_arn"), instances.c.deregister_time.is_(None)
 )
 _INSTANCE_OF_USER = select(*_INSTANCE_COLUMNS).where(_OF_USER)
-_WAITING = select(host_commands.c.id).where(waiting_condition(bindparam("instance_name"))).limit(1)
+_WAITING_AMONG = (
+    select(host_commands.c.instance_name)
+    .where(
+        waiting_condition(host_commands.c.instance_name),
+        host_commands.c.instance_name.in_(bindparam("names", expanding=True)),
+    )
+    .distinct()
+)
 _COMMANDS = select(
     exists().where(waiting_condition(bindparam("instance_name"))).label("waiting"),
     exists().where(_pending(bindparam("instance_name"))).label("pending"),
@@ -140,11 +148,15 @@ def instance_of_user(connection: Connection, user_arn: str) -> OnPremisesInstanc
     return None if row is None else _instance(row)
 
 
-def has_waiting_command(
-    connection: Connection, instance_name: str, *, now: float, redeliver_after: float
-) -> bool:
-    """Whether ``deployments.next_command_for`` would hand a command over now."""
-    row = connection.execute(
-        _WAITING, {"instance_name": instance_name, "handed_before": now - redeliver_after}
-    ).first()
-    return row is not None
+def hosts_with_waiting_commands(
+    connection: Connection, instance_names: Collection[str], *, now: float, redeliver_after: float
+) -> set[str]:
+    """Which of these instances ``deployments.next_command_for`` would hand a command now:
+    one statement for all of them."""
+    if not instance_names:
+        return set()
+    rows = connection.execute(
+        _WAITING_AMONG,
+        {"names": list(set(instance_names)), "handed_before": now - redeliver_after},
+    )
+    return set(rows.scalars())

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection
-
 from opendeploy.bundles.store import BundleNotFound, sha256_from_location
 from opendeploy.core.deployments import CommandStatus, Deployment, HostCommand
 from opendeploy.core.engine import CommandAcked, CommandCompleted
@@ -100,6 +98,13 @@ def _deployment_of_execution(execution_id: str) -> str:
     if not deployment_id.startswith("d-"):
         raise _client_error(f"{execution_id!r} is not a deployment execution id.")
     return deployment_id
+
+
+def _by_name(hosts: Sequence[Host]) -> list[int]:
+    """The indexes of ``hosts`` in the order of their names: transactions that hand over
+    commands of several hosts lock their rows in one order (on PostgreSQL two such
+    transactions, on one replica or two, would otherwise deadlock)."""
+    return sorted(range(len(hosts)), key=lambda index: hosts[index].instance.name)
 
 
 def _parse_diagnostics(diagnostics: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -289,22 +294,25 @@ class AgentService:
         """
         now = self.ctx.clock()
         with self.ctx.db.read() as connection:
-            waiting = [self._waiting(connection, host, now) for host in hosts]
+            found_waiting = polls.hosts_with_waiting_commands(
+                connection,
+                [host.instance.name for host in hosts],
+                now=now,
+                redeliver_after=REDELIVER_AFTER_SECONDS,
+            )
+        waiting = [host.instance.name in found_waiting for host in hosts]
         if not any(waiting):
             return [None] * len(hosts)
-        found: list[HostCommand | None] = []
+        found: list[HostCommand | None] = [None] * len(hosts)
         with self.ctx.db.write() as connection:
-            for host, has_waiting in zip(hosts, waiting, strict=True):
-                found.append(
-                    store.next_command_for(
+            for index in _by_name(hosts):
+                if waiting[index]:
+                    found[index] = store.next_command_for(
                         connection,
-                        host.instance.name,
+                        hosts[index].instance.name,
                         now=now,
                         redeliver_after=REDELIVER_AFTER_SECONDS,
                     )
-                    if has_waiting
-                    else None
-                )
         answers: list[dict[str, Any] | None] = []
         for host, command in zip(hosts, found, strict=True):
             if command is None:
@@ -315,12 +323,6 @@ class AgentService:
             answers.append(self._handed(host, command))
         return answers
 
-    @staticmethod
-    def _waiting(connection: Connection, host: Host, now: float) -> bool:
-        return polls.has_waiting_command(
-            connection, host.instance.name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
-        )
-
     def _hand_over(self, host: Host, now: float) -> dict[str, Any] | None:
         """Mark the host's next command handed over; hand-overs that wait for one another
         (a deployment's start wakes every host at once) share one transaction."""
@@ -329,7 +331,7 @@ class AgentService:
 
     def _hand_over_all(self, jobs: Sequence[Job[tuple[str, float], HostCommand | None]]) -> None:
         with self.ctx.db.write() as connection:
-            for job in jobs:
+            for job in sorted(jobs, key=lambda job: job.item[0]):
                 name, now = job.item
                 job.result = store.next_command_for(
                     connection, name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
