@@ -417,6 +417,28 @@ def test_take_hands_the_command_with_its_specification(fleet: Fleet, site: Site)
     assert info["status"] == "Succeeded"
 
 
+def test_every_host_of_a_deployment_takes_its_command_with_the_one_specification(
+    fleet: Fleet, site: Site
+) -> None:
+    """The first take builds the specification; the others are answered from memory on the
+    event loop (``AgentService.cached_take``), with the same signed document."""
+    group = fleet.group()
+    hosts = fleet.hosts(group, 3)
+    deployment_id = group.deploy(agentsim.s3_revision())
+    answers = [
+        agentsim.extensions_client(site.server, host).take_host_command(HostIdentifier=host.arn)
+        for host in hosts
+    ]
+    first = agentsim.agent_client(site.server, hosts[0])
+    fetched = _spec(first, hosts[0], answers[0]["HostCommand"])
+    for host, answer in zip(hosts, answers, strict=True):
+        command = answer["HostCommand"]
+        assert (command["HostIdentifier"], command["CommandName"]) == (host.arn, EVENTS[0])
+        assert command["DeploymentExecutionId"].endswith(deployment_id)
+        assert answer["DeploymentSpecification"] == fetched["DeploymentSpecification"]
+    assert len({answer["HostCommand"]["HostCommandIdentifier"] for answer in answers}) == 3
+
+
 def test_a_take_fails_the_command_its_agent_lost_before_beginning_it(
     fleet: Fleet, site: Site
 ) -> None:

@@ -398,6 +398,9 @@ class AgentApi:
                 return {}
             if operation == "PollHostCommand":
                 return {"HostCommand": command}
+            taken = self.service.cached_take(caller, params.get("HostIdentifier"), command)
+            if taken is not None:
+                return taken
             return await self._callers.run(lambda: self._take(caller, params, command))
         # One trip to a thread for the host lookup and the use case together.
         return await self._callers.run(lambda: self._call(operation, caller, params))
