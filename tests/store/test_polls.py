@@ -75,3 +75,47 @@ def test_an_unregistered_user_has_no_instance(db: Database) -> None:
     assert _look(db, "arn:aws:iam::1:user/nobody", T0) == (None, False, False, False)
     with db.read() as connection:
         assert polls.instance_of_user(connection, "arn:aws:iam::1:user/nobody") is None
+
+
+def test_next_commands_for_hands_each_named_host_its_oldest_waiting_command(db: Database) -> None:
+    deployment_id = _new_deployment(db, 3, "CodeDeployDefault.AllAtOnce")
+    _feed(db, SnapshotCache(), deployment_id, Started(), T0 + 1)
+    names = [f"host-{deployment_id}-{index}" for index in range(3)]
+    asked = [names[2], "host-elsewhere", names[0], names[2]]
+
+    with db.write() as connection:
+        handed = deployments.next_commands_for(
+            connection, asked, now=T0 + 2, redeliver_after=REDELIVER
+        )
+    # One command waits per host: the second poll of host 2 gets nothing; host 1 was not asked.
+    assert [None if c is None else c.instance_name for c in handed] == [
+        names[2],
+        None,
+        names[0],
+        None,
+    ]
+    assert all(c is None or c.dispatched_time == T0 + 2 for c in handed)
+    with db.write() as connection:
+        assert (
+            deployments.next_commands_for(connection, asked, now=T0 + 3, redeliver_after=REDELIVER)
+            == [None] * 4
+        )
+        # As next_command_for would: host 1's command still waits, the others are handed over.
+        assert (
+            deployments.next_command_for(
+                connection, names[0], now=T0 + 3, redeliver_after=REDELIVER
+            )
+            is None
+        )
+        remaining = deployments.next_commands_for(
+            connection, [names[1]], now=T0 + 3, redeliver_after=REDELIVER
+        )
+    assert [c.instance_name for c in remaining if c is not None] == [names[1]]
+    # Never acknowledged: handed over again once REDELIVER has passed, the same commands.
+    with db.write() as connection:
+        again = deployments.next_commands_for(
+            connection, asked, now=T0 + 2 + REDELIVER + 1, redeliver_after=REDELIVER
+        )
+    assert [None if c is None else c.command_id for c in again] == [
+        None if c is None else c.command_id for c in handed
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "ids",
     "log_of",
     "next_command_for",
+    "next_commands_for",
     "overdue_commands",
     "revisions_deployed_to",
     "running_commands",
@@ -326,6 +328,60 @@ def next_command_for(
     if not claimed.rowcount:
         return None
     return replace(command_from_row(row), dispatched_time=now)
+
+
+_WAITING_ANY = waiting_condition(host_commands.c.instance_name)
+_ALL_WAITING = (
+    select(host_commands)
+    .where(host_commands.c.instance_name.in_(bindparam("b_names", expanding=True)), _WAITING_ANY)
+    .order_by(host_commands.c.instance_name, host_commands.c.created_time, host_commands.c.id)
+    # PostgreSQL: rows locked in one order, so two claims never deadlock (SQLite: no-op).
+    .with_for_update()
+)
+_HAND_OVER_ANY = (
+    update(host_commands)
+    .where(host_commands.c.id.in_(bindparam("b_ids", expanding=True)), _WAITING_ANY)
+    .values(dispatched_time=bindparam("b_now"))
+    .returning(host_commands.c.id)
+)
+
+
+def next_commands_for(
+    connection: Connection, instance_names: Sequence[str], *, now: float, redeliver_after: float
+) -> list[HostCommand | None]:
+    """``next_command_for`` of each name in turn, in two statements whatever their number
+    (a name given twice gets its two oldest commands). A command another transaction handed
+    over meanwhile is not handed again: its host gets None, as from ``next_command_for``."""
+    if not instance_names:
+        return []
+    wanted = Counter(instance_names)
+    handed_before = now - redeliver_after
+    rows = connection.execute(
+        _ALL_WAITING, {"b_names": list(wanted), "handed_before": handed_before}
+    ).all()
+    chosen: dict[str, list[Row[Any]]] = {}
+    for row in rows:
+        picked = chosen.setdefault(row.instance_name, [])
+        if len(picked) < wanted[row.instance_name]:
+            picked.append(row)
+    ids = [row.id for picked in chosen.values() for row in picked]
+    if not ids:
+        return [None] * len(instance_names)
+    claimed = set(
+        connection.execute(
+            _HAND_OVER_ANY, {"b_ids": ids, "b_now": now, "handed_before": handed_before}
+        ).scalars()
+    )
+    queues = {
+        name: [replace(command_from_row(row), dispatched_time=now) for row in picked]
+        for name, picked in chosen.items()
+    }
+    answers: list[HostCommand | None] = []
+    for name in instance_names:
+        queue = queues.get(name)
+        command = queue.pop(0) if queue else None
+        answers.append(command if command is not None and command.command_id in claimed else None)
+    return answers
 
 
 _RUNNING = select(host_commands).where(running_condition(bindparam("b_instance")))

@@ -100,13 +100,6 @@ def _deployment_of_execution(execution_id: str) -> str:
     return deployment_id
 
 
-def _by_name(hosts: Sequence[Host]) -> list[int]:
-    """The indexes of ``hosts`` in the order of their names: transactions that hand over
-    commands of several hosts lock their rows in one order (on PostgreSQL two such
-    transactions, on one replica or two, would otherwise deadlock)."""
-    return sorted(range(len(hosts)), key=lambda index: hosts[index].instance.name)
-
-
 def _parse_diagnostics(diagnostics: Mapping[str, Any] | None) -> dict[str, Any]:
     if not diagnostics or diagnostics.get("Format") != "JSON":
         return {}
@@ -287,32 +280,24 @@ class AgentService:
         """The next command of each host (marked handed over), or None: held polls' later
         looks, of every poll woken together (a deployment's start wakes all its hosts).
 
-        One read finds the hosts with a command waiting, and one write transaction hands
-        those over: two thousand polls woken at once cost two transactions, not four
-        thousand. Finding nothing is no contact; a command handed over is. A host named twice
-        (an old poll still held beside a new one) gets its next two commands, if it has two.
+        One read finds whether any has a command waiting, and one write transaction hands
+        them over (``next_commands_for``: two statements): two thousand polls woken at once
+        cost two transactions, not four thousand. Finding nothing is no contact; a command
+        handed over is. A host named twice (an old poll still held beside a new one) gets its
+        next two commands, if it has two.
         """
         now = self.ctx.clock()
+        names = [host.instance.name for host in hosts]
         with self.ctx.db.read() as connection:
-            found_waiting = polls.hosts_with_waiting_commands(
-                connection,
-                [host.instance.name for host in hosts],
-                now=now,
-                redeliver_after=REDELIVER_AFTER_SECONDS,
+            waiting = polls.hosts_with_waiting_commands(
+                connection, names, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
             )
-        waiting = [host.instance.name in found_waiting for host in hosts]
-        if not any(waiting):
+        if not waiting:
             return [None] * len(hosts)
-        found: list[HostCommand | None] = [None] * len(hosts)
         with self.ctx.db.write() as connection:
-            for index in _by_name(hosts):
-                if waiting[index]:
-                    found[index] = store.next_command_for(
-                        connection,
-                        hosts[index].instance.name,
-                        now=now,
-                        redeliver_after=REDELIVER_AFTER_SECONDS,
-                    )
+            found = store.next_commands_for(
+                connection, names, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
+            )
         answers: list[dict[str, Any] | None] = []
         for host, command in zip(hosts, found, strict=True):
             if command is None:
@@ -331,11 +316,16 @@ class AgentService:
 
     def _hand_over_all(self, jobs: Sequence[Job[tuple[str, float], HostCommand | None]]) -> None:
         with self.ctx.db.write() as connection:
-            for job in sorted(jobs, key=lambda job: job.item[0]):
-                name, now = job.item
-                job.result = store.next_command_for(
-                    connection, name, now=now, redeliver_after=REDELIVER_AFTER_SECONDS
-                )
+            # The batch's polls arrived moments apart: the first one's time stands for all.
+            _, now = jobs[0].item
+            handed = store.next_commands_for(
+                connection,
+                [job.item[0] for job in jobs],
+                now=now,
+                redeliver_after=REDELIVER_AFTER_SECONDS,
+            )
+        for job, command in zip(jobs, handed, strict=True):
+            job.result = command
         for job in jobs:
             job.done = True
 
