@@ -55,7 +55,7 @@ POLL_THREADS = 8
 #: poll threads, 40: as many as a PostgreSQL replica's connection pool.
 CALL_THREADS = 32
 #: Held polls looked for in one job at most (``_Claims``).
-MAX_CLAIMS = 500
+MAX_CLAIMS = 2000
 #: Hosts whose last wake-up is remembered (for polls looking in the database meanwhile).
 _WOKEN_LIMIT = 10_000
 #: How long a host found with nothing pending is answered without a look (unless woken).
