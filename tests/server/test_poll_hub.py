@@ -272,7 +272,7 @@ def test_a_failed_claim_job_fails_its_polls_and_the_next_job_runs() -> None:
 
 def test_polls_woken_while_a_claim_job_runs_are_looked_for_together_in_the_next() -> None:
     hub, fleet = PollHub(), Fleet(12)
-    fleet.seconds = 0.2
+    fleet.seconds = 1.0  # the second and third wake-ups come well within the first job
     api = _api(fleet, hub, 10.0)
 
     async def scenario() -> list[Any]:

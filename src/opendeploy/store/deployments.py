@@ -350,8 +350,10 @@ def next_commands_for(
     connection: Connection, instance_names: Sequence[str], *, now: float, redeliver_after: float
 ) -> list[HostCommand | None]:
     """``next_command_for`` of each name in turn, in two statements whatever their number
-    (a name given twice gets its two oldest commands). A command another transaction handed
-    over meanwhile is not handed again: its host gets None, as from ``next_command_for``."""
+    (a name given twice gets its two oldest commands). A command is never handed over twice:
+    on PostgreSQL the select locks the waiting rows (in one order, so two such transactions
+    do not deadlock) and skips one another transaction handed over meanwhile, handing the
+    host's next waiting command instead, if any; the update checks each row again."""
     if not instance_names:
         return []
     wanted = Counter(instance_names)

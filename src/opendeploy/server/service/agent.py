@@ -316,8 +316,9 @@ class AgentService:
 
     def _hand_over_all(self, jobs: Sequence[Job[tuple[str, float], HostCommand | None]]) -> None:
         with self.ctx.db.write() as connection:
-            # The batch's polls arrived moments apart: the first one's time stands for all.
-            _, now = jobs[0].item
+            # The batch's polls arrived moments apart: the latest time stands for all (a
+            # command due again at an earlier poll's time is due at it too).
+            now = max(job.item[1] for job in jobs)
             handed = store.next_commands_for(
                 connection,
                 [job.item[0] for job in jobs],
