@@ -1,4 +1,4 @@
-"""A poll's reads say "work waits" exactly when ``next_command_for`` would hand some over."""
+"""A poll's reads say "work waits" exactly when ``next_commands_for`` would hand some over."""
 
 from __future__ import annotations
 
@@ -48,18 +48,20 @@ def test_waiting_follows_hand_over_and_redelivery(db: Database) -> None:
 
     assert _look(db, arn, T0 + 2) == (name, True, True, False)
     with db.write() as connection:
-        assert deployments.next_command_for(connection, name, now=T0 + 2, redeliver_after=REDELIVER)
-    # Handed over: nothing waits, and next_command_for agrees; it is still pending.
+        assert deployments.next_commands_for(
+            connection, [name], now=T0 + 2, redeliver_after=REDELIVER
+        )[0]
+    # Handed over: nothing waits, and next_commands_for agrees; it is still pending.
     assert _look(db, arn, T0 + 3) == (name, False, True, False)
     with db.write() as connection:
-        assert not deployments.next_command_for(
-            connection, name, now=T0 + 3, redeliver_after=REDELIVER
-        )
+        assert deployments.next_commands_for(
+            connection, [name], now=T0 + 3, redeliver_after=REDELIVER
+        ) == [None]
     # Never acknowledged: handed over again once REDELIVER has passed.
     assert _look(db, arn, T0 + 2 + REDELIVER + 1) == (name, True, True, False)
     with db.write() as connection:
-        command = deployments.next_command_for(
-            connection, name, now=T0 + 2 + REDELIVER + 1, redeliver_after=REDELIVER
+        [command] = deployments.next_commands_for(
+            connection, [name], now=T0 + 2 + REDELIVER + 1, redeliver_after=REDELIVER
         )
     assert command is not None
     # Acknowledged: nothing pending any more (only a later decision gives the host work), and
@@ -100,13 +102,10 @@ def test_next_commands_for_hands_each_named_host_its_oldest_waiting_command(db: 
             deployments.next_commands_for(connection, asked, now=T0 + 3, redeliver_after=REDELIVER)
             == [None] * 4
         )
-        # As next_command_for would: host 1's command still waits, the others are handed over.
-        assert (
-            deployments.next_command_for(
-                connection, names[0], now=T0 + 3, redeliver_after=REDELIVER
-            )
-            is None
-        )
+        # Host 1's command still waits, the others are handed over.
+        assert deployments.next_commands_for(
+            connection, [names[0]], now=T0 + 3, redeliver_after=REDELIVER
+        ) == [None]
         remaining = deployments.next_commands_for(
             connection, [names[1]], now=T0 + 3, redeliver_after=REDELIVER
         )

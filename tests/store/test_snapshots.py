@@ -139,7 +139,7 @@ def test_two_replicas_caches_always_see_the_stored_state(db: Database, config: s
                 break
             # Polls hand commands over between decisions, outside them.
             for name in list(current.snapshot.commands)[: rng.randrange(3)]:
-                store.next_command_for(connection, name, now=now, redeliver_after=300)
+                store.next_commands_for(connection, [name], now=now, redeliver_after=300)
         _feed(db, replica, deployment_id, _next_event(current.snapshot, rng, fail_on), now)
         steps += 1
     assert replicas[0].hits + replicas[0].catch_ups > 0
@@ -181,7 +181,7 @@ def test_a_stop_withdraws_only_commands_no_agent_has(db: Database) -> None:
     _feed(db, cache, deployment_id, Started(), T0 + 1)
     held, idle = sorted(cache_entry(cache, deployment_id).snapshot.commands)
     with db.write() as connection:
-        assert store.next_command_for(connection, held, now=T0 + 2, redeliver_after=300)
+        assert store.next_commands_for(connection, [held], now=T0 + 2, redeliver_after=300)[0]
         loaded = load(connection, deployment_id, cache, fresh_commands=True)
         assert loaded is not None
         decision = decide(loaded.snapshot, StopRequested(), T0 + 3)

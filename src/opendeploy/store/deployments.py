@@ -48,7 +48,6 @@ __all__ = [
     "health_of",
     "ids",
     "log_of",
-    "next_command_for",
     "next_commands_for",
     "overdue_commands",
     "revisions_deployed_to",
@@ -298,38 +297,6 @@ def command_by_id(connection: Connection, command_id: str) -> HostCommand | None
     return None if row is None else command_from_row(row)
 
 
-_WAITING = waiting_condition(bindparam("b_instance"))
-_NEXT_WAITING = (
-    select(host_commands)
-    .where(_WAITING)
-    .order_by(host_commands.c.created_time, host_commands.c.id)
-    .limit(1)
-)
-_HAND_OVER = (
-    update(host_commands)
-    .where(host_commands.c.id == bindparam("b_id"), _WAITING)
-    .values(dispatched_time=bindparam("b_now"))
-)
-
-
-def next_command_for(
-    connection: Connection, instance_name: str, *, now: float, redeliver_after: float
-) -> HostCommand | None:
-    """The oldest command waiting for this instance, marked as handed over now.
-
-    A command handed over but never acknowledged is handed over again after
-    ``redeliver_after`` seconds (the agent may have died before it could ack).
-    """
-    waiting = {"b_instance": instance_name, "handed_before": now - redeliver_after}
-    row = connection.execute(_NEXT_WAITING, waiting).first()
-    if row is None:
-        return None
-    claimed = connection.execute(_HAND_OVER, {**waiting, "b_id": row.id, "b_now": now})
-    if not claimed.rowcount:
-        return None
-    return replace(command_from_row(row), dispatched_time=now)
-
-
 _WAITING_ANY = waiting_condition(host_commands.c.instance_name)
 _ALL_WAITING = (
     select(host_commands)
@@ -349,8 +316,12 @@ _HAND_OVER_ANY = (
 def next_commands_for(
     connection: Connection, instance_names: Sequence[str], *, now: float, redeliver_after: float
 ) -> list[HostCommand | None]:
-    """``next_command_for`` of each name in turn, in two statements whatever their number
-    (a name given twice gets its two oldest commands). A command is never handed over twice:
+    """The oldest command waiting for each of these instances, marked as handed over now, in
+    two statements whatever their number (a name given twice gets its two oldest commands).
+
+    A command handed over but never acknowledged is handed over again after
+    ``redeliver_after`` seconds (the agent may have died before it could ack). A command is
+    never handed over twice at once:
     on PostgreSQL the select locks the waiting rows (in one order, so two such transactions
     do not deadlock) and skips one another transaction handed over meanwhile, handing the
     host's next waiting command instead, if any; the update checks each row again."""

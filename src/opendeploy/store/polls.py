@@ -2,7 +2,7 @@
 
 Idle polls are most of a fleet's requests, so these reads are statements built once (building
 a SQLAlchemy statement costs several times more than running it) and read no more than a poll
-needs: the instance without its tags, and whether ``deployments.next_command_for`` would find
+needs: the instance without its tags, and whether ``deployments.next_commands_for`` would find
 something, without claiming it.
 """
 
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def waiting_condition(instance_name: Any) -> Any:
-    """The condition of ``deployments.next_command_for``: pending, and never handed over or
+    """The condition of ``deployments.next_commands_for``: pending, and never handed over or
     handed over ``redeliver_after`` seconds ago (``handed_before``) without an
     acknowledgement."""
     return and_(
@@ -63,7 +63,7 @@ def running_condition(instance_name: Any) -> Any:
 class Commands(NamedTuple):
     """What a poll's look knows of the host's commands."""
 
-    #: One waits to be handed over now (``next_command_for`` would find it).
+    #: One waits to be handed over now (``next_commands_for`` would find it).
     waiting: bool
     #: One is not yet acknowledged (waiting, or handed over and not yet due again).
     pending: bool
@@ -151,7 +151,7 @@ def instance_of_user(connection: Connection, user_arn: str) -> OnPremisesInstanc
 def hosts_with_waiting_commands(
     connection: Connection, instance_names: Collection[str], *, now: float, redeliver_after: float
 ) -> set[str]:
-    """Which of these instances ``deployments.next_command_for`` would hand a command now:
+    """Which of these instances ``deployments.next_commands_for`` would hand a command now:
     one statement for all of them."""
     if not instance_names:
         return set()
