@@ -118,3 +118,18 @@ def test_next_commands_for_hands_each_named_host_its_oldest_waiting_command(db: 
     assert [None if c is None else c.command_id for c in again] == [
         None if c is None else c.command_id for c in handed
     ]
+
+
+def test_next_commands_for_hands_a_host_named_twice_its_two_oldest_in_order(db: Database) -> None:
+    shared = f"host-shared-{T0}"
+    first = _new_deployment(db, 1, "CodeDeployDefault.AllAtOnce", names=[shared])
+    second = _new_deployment(db, 1, "CodeDeployDefault.AllAtOnce", names=[shared])
+    # Stored first, the second deployment's command is the later one by its creation time.
+    _feed(db, SnapshotCache(), second, Started(), T0 + 2)
+    _feed(db, SnapshotCache(), first, Started(), T0 + 1)
+
+    with db.write() as connection:
+        handed = deployments.next_commands_for(
+            connection, [shared, shared, shared], now=T0 + 3, redeliver_after=REDELIVER
+        )
+    assert [None if c is None else c.deployment_id for c in handed] == [first, second, None]

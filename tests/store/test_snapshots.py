@@ -46,7 +46,8 @@ REVISION = {"revisionType": "String", "string": {"content": "version: 0.0\nos: l
 T0 = time.time()
 
 
-def _new_deployment(db: Database, hosts: int, config: str) -> str:
+def _new_deployment(db: Database, hosts: int, config: str, names: list[str] | None = None) -> str:
+    """A deployment to ``hosts`` hosts of its own, or to ``names``."""
     application = Application(
         application_id=str(uuid.uuid4()),
         name=f"app-{uuid.uuid4().hex[:10]}",
@@ -70,7 +71,7 @@ def _new_deployment(db: Database, hosts: int, config: str) -> str:
     )
     targets = plan_targets(
         deployment_id,
-        [f"host-{deployment_id}-{index}" for index in range(hosts)],
+        names or [f"host-{deployment_id}-{index}" for index in range(hosts)],
         {},
         revision_identity=revision_identity(REVISION),
         events=events_for(),
