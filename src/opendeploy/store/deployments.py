@@ -23,7 +23,7 @@ from opendeploy.core.deployments import (
 from opendeploy.core.errors import Conflict
 from opendeploy.core.planner import InstanceHealth
 from opendeploy.core.revisions import revision_identity
-from opendeploy.store.polls import running_condition, waiting_condition
+from opendeploy.store.polls import running_condition, waiting_now
 from opendeploy.store.tables import (
     command_logs,
     deployment_targets,
@@ -297,7 +297,7 @@ def command_by_id(connection: Connection, command_id: str) -> HostCommand | None
     return None if row is None else command_from_row(row)
 
 
-_WAITING_ANY = waiting_condition(host_commands.c.instance_name)
+_WAITING_ANY = waiting_now()
 _ALL_WAITING = (
     select(host_commands)
     .where(host_commands.c.instance_name.in_(bindparam("b_names", expanding=True)), _WAITING_ANY)

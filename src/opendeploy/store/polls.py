@@ -24,22 +24,26 @@ __all__ = [
     "instance_of_user",
     "look",
     "running_condition",
-    "waiting_condition",
+    "waiting_now",
 ]
 
 
-def waiting_condition(instance_name: Any) -> Any:
-    """The condition of ``deployments.next_commands_for``: pending, and never handed over or
-    handed over ``redeliver_after`` seconds ago (``handed_before``) without an
-    acknowledgement."""
+def waiting_now() -> Any:
+    """The condition of ``deployments.next_commands_for`` on a command of any host: pending,
+    and never handed over or handed over ``redeliver_after`` seconds ago (``handed_before``)
+    without an acknowledgement."""
     return and_(
-        host_commands.c.instance_name == instance_name,
         host_commands.c.status == CommandStatus.PENDING.value,
         or_(
             host_commands.c.dispatched_time.is_(None),
             host_commands.c.dispatched_time < bindparam("handed_before", type_=Float),
         ),
     )
+
+
+def _waiting(instance_name: Any) -> Any:
+    """``waiting_now`` for the commands of one host."""
+    return and_(host_commands.c.instance_name == instance_name, waiting_now())
 
 
 def _pending(instance_name: Any) -> Any:
@@ -86,20 +90,17 @@ _OF_USER = and_(
 _INSTANCE_OF_USER = select(*_INSTANCE_COLUMNS).where(_OF_USER)
 _WAITING_AMONG = (
     select(host_commands.c.instance_name)
-    .where(
-        waiting_condition(host_commands.c.instance_name),
-        host_commands.c.instance_name.in_(bindparam("names", expanding=True)),
-    )
+    .where(host_commands.c.instance_name.in_(bindparam("names", expanding=True)), waiting_now())
     .distinct()
 )
 _COMMANDS = select(
-    exists().where(waiting_condition(bindparam("instance_name"))).label("waiting"),
+    exists().where(_waiting(bindparam("instance_name"))).label("waiting"),
     exists().where(_pending(bindparam("instance_name"))).label("pending"),
     exists().where(running_condition(bindparam("instance_name"))).label("running"),
 )
 _LOOK = select(
     *_INSTANCE_COLUMNS,
-    exists().where(waiting_condition(instances.c.name)).label("waiting"),
+    exists().where(_waiting(instances.c.name)).label("waiting"),
     exists().where(_pending(instances.c.name)).label("pending"),
     exists().where(running_condition(instances.c.name)).label("running"),
 ).where(_OF_USER)

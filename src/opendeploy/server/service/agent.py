@@ -358,10 +358,9 @@ class AgentService:
         enough for the event loop, so a deployment's first commands, taken by all its hosts
         at once, make no trip to a thread behind the completions of the hosts served first."""
         host = self._cached_host(caller, host_identifier)
-        cached = self._specs.get(_deployment_of_execution(command["DeploymentExecutionId"]))
-        if host is None or cached is None or cached[0] <= self.ctx.clock():
-            return None
-        if host.instance.name not in cached[1]:
+        deployment_id = _deployment_of_execution(command["DeploymentExecutionId"])
+        cached = self._fresh_spec(deployment_id, self.ctx.clock())
+        if host is None or cached is None or host.instance.name not in cached[1]:
             return None
         return {"HostCommand": command, **cached[2]}
 
@@ -369,14 +368,14 @@ class AgentService:
         """The signed specification, for a host the deployment targets."""
         deployment_id = _deployment_of_execution(execution_id)
         now = self.ctx.clock()
-        cached = self._specs.get(deployment_id)
-        if cached is None or cached[0] <= now:
+        cached = self._fresh_spec(deployment_id, now)
+        if cached is None:
             # Every host of a deployment asks at once: one of them builds, the others wait.
             with self._lock:
                 building = self._spec_builds.setdefault(deployment_id, threading.Lock())
             with building:
-                cached = self._specs.get(deployment_id)
-                if cached is None or cached[0] <= now:
+                cached = self._fresh_spec(deployment_id, now)
+                if cached is None:
                     cached = self._build_specification(deployment_id, now)
             with self._lock:
                 self._spec_builds.pop(deployment_id, None)
@@ -384,6 +383,14 @@ class AgentService:
         if host.instance.name not in hosts:
             raise _client_error(f"No deployment {deployment_id} for this host.")
         return response
+
+    def _fresh_spec(
+        self, deployment_id: str, now: float
+    ) -> tuple[float, frozenset[str], dict[str, Any]] | None:
+        """The deployment's cached specification (expiry, its hosts, the response), unless
+        it is missing or expired."""
+        cached = self._specs.get(deployment_id)
+        return cached if cached is not None and cached[0] > now else None
 
     def _build_specification(
         self, deployment_id: str, now: float
